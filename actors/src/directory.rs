@@ -1,0 +1,87 @@
+//! The registry of live org actors: addresses only, never state.
+//!
+//! An org's actor is started on first use, on one of a few arbiters (threads)
+//! chosen by the org id, and removes itself when it stops. A request that
+//! meets a stopping actor is sent again to a fresh one, which rebuilds the
+//! org from the store; that is safe because every request is idempotent.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use dashmap::DashMap;
+
+use crate::ask::{ask, Ask, AskError, Request};
+use crate::org::{OrgActor, OrgDeps, OrgError};
+
+#[derive(Clone)]
+pub struct OrgDirectory {
+    actors: Arc<DashMap<String, Addr<OrgActor>>>,
+    deps: Arc<OrgDeps>,
+    arbiters: Arc<[ArbiterHandle]>,
+}
+
+/// How many times a request follows an org to a restarted actor.
+const ATTEMPTS: usize = 3;
+
+impl OrgDirectory {
+    pub fn new(deps: OrgDeps, arbiters: Vec<ArbiterHandle>) -> Self {
+        assert!(!arbiters.is_empty(), "org actors need at least one arbiter");
+        Self {
+            actors: Arc::new(DashMap::new()),
+            deps: Arc::new(deps),
+            arbiters: arbiters.into(),
+        }
+    }
+
+    /// Number of org actors alive now.
+    pub fn live(&self) -> usize {
+        self.actors.len()
+    }
+
+    fn actor(&self, org_id: &str) -> Addr<OrgActor> {
+        if let Some(addr) = self.actors.get(org_id).filter(|a| a.connected()) {
+            return addr.clone();
+        }
+        let mut entry = self
+            .actors
+            .entry(org_id.to_owned())
+            .or_insert_with(|| self.start(org_id));
+        if !entry.connected() {
+            *entry = self.start(org_id);
+        }
+        entry.clone()
+    }
+
+    fn start(&self, org_id: &str) -> Addr<OrgActor> {
+        let mut hasher = DefaultHasher::new();
+        org_id.hash(&mut hasher);
+        let arbiter = &self.arbiters[hasher.finish() as usize % self.arbiters.len()];
+        let (org_id, deps, registry) = (org_id.to_owned(), self.deps.clone(), self.actors.clone());
+        OrgActor::start_in_arbiter(arbiter, move |_| OrgActor::new(org_id, deps, registry))
+    }
+
+    /// Sends `request` to the org's actor and waits for its answer.
+    /// A full mailbox is `Overloaded` at once.
+    pub async fn ask<R, T>(&self, org_id: &str, mut request: R) -> R::Answer
+    where
+        R: Request<Answer = Result<T, OrgError>> + Clone,
+        T: Send + 'static,
+        OrgActor: Handler<Ask<R>>,
+    {
+        for _ in 0..ATTEMPTS {
+            let addr = self.actor(org_id);
+            match ask(&addr, request.clone()).await {
+                Ok(answer) => return answer,
+                Err(AskError::Full(_)) => return Err(OrgError::Overloaded),
+                Err(AskError::Stopped(r)) => request = r,
+                Err(AskError::Dropped) => {}
+            }
+            self.actors.remove_if(org_id, |_, a| *a == addr);
+        }
+        Err(OrgError::PersistenceUnavailable(
+            "the org could not be loaded".into(),
+        ))
+    }
+}

@@ -1,0 +1,18 @@
+//! The actors behind the entitlements service. This crate knows nothing of
+//! HTTP: the service translates requests into the messages defined here.
+//!
+//! An event takes one path: StripeActor → OrgActor → PersistenceActor
+//! (durable) → the org's ledger → SseHub.
+
+pub mod ask;
+pub mod directory;
+pub mod ledger;
+pub mod model;
+pub mod org;
+pub mod org_event;
+pub mod persistence;
+pub mod signature;
+pub mod sse_hub;
+pub mod store;
+pub mod stripe;
+pub mod stripe_event;

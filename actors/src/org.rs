@@ -1,0 +1,608 @@
+//! OrgActor: one per org, the only owner of that org's state.
+//!
+//! A change is applied in one order: persist (durable), then fold into the
+//! ledger, then publish to the SseHub. The actor waits (`ctx.wait`) for each
+//! change before taking its next message, so an org's changes never
+//! interleave and nothing is half-applied: when the store refuses, the
+//! ledger is untouched and the actor stops, so the next message rebuilds
+//! state from the store (the truth, even about a write that timed out but
+//! landed).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use dashmap::DashMap;
+use tokio::sync::oneshot;
+
+use crate::ask::{Ask, Request};
+use crate::ledger::Ledger;
+use crate::model::{now_ms, Action, ActionKind, ActionStatus};
+use crate::org_event::{Entitlements, OrgEvent, Snapshot};
+use crate::persistence::{Persist, PersistError};
+use crate::sse_hub::Publish;
+use crate::store::ActionStore;
+use crate::stripe::{CreatePaymentIntent, OpenIntent, StripeError};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Product {
+    pub sku: String,
+    pub name: String,
+    pub amount: i64,
+    pub currency: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct OrgSettings {
+    pub products: Arc<[Product]>,
+    pub mailbox: usize,
+    pub idle_stop: Duration,
+    /// Stream events kept in memory for reconnecting browsers.
+    pub recent_events: usize,
+    /// A reconnect missing more events than this gets a snapshot instead.
+    pub max_replay: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OrgError {
+    #[error("unknown sku `{0}`")]
+    UnknownSku(String),
+    #[error("the org is already entitled to `{0}`")]
+    AlreadyEntitled(String),
+    #[error("the org is busy; try again")]
+    Overloaded,
+    #[error("the action store is unavailable: {0}")]
+    PersistenceUnavailable(String),
+    #[error("{0}")]
+    Stripe(#[from] StripeError),
+}
+
+/// What became of an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Recorded,
+    Duplicate,
+    Ignored,
+}
+
+pub type OrgAnswer<T> = Result<T, OrgError>;
+
+/// A payment attempt's result, from `payment_intent.succeeded` / `payment_failed`.
+#[derive(Clone, Debug)]
+pub struct ApplyPayment {
+    pub event_id: String,
+    pub payment_intent_id: String,
+    pub sku: String,
+    pub succeeded: bool,
+    pub amount: i64,
+    pub currency: String,
+}
+
+/// A refund or dispute of a PaymentIntent. `sku` is `None` when the event
+/// did not say; the ledger may know it from the payment.
+#[derive(Clone, Debug)]
+pub struct ApplyRevocation {
+    pub event_id: String,
+    pub kind: ActionKind,
+    pub payment_intent_id: String,
+    pub sku: Option<String>,
+    pub amount: i64,
+    pub currency: String,
+}
+
+/// Development fallback: the same effect as a successful payment.
+#[derive(Clone, Debug)]
+pub struct SimulatePayment {
+    pub sku: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct GetSnapshot;
+
+/// The org's one open PaymentIntent for a SKU, created when there is none.
+#[derive(Clone, Debug)]
+pub struct OpenPaymentIntent {
+    pub sku: String,
+}
+
+/// Events after `last_event_id`, for a reconnecting stream.
+#[derive(Clone, Debug)]
+pub struct ReplaySince {
+    pub last_event_id: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Replay {
+    /// Exactly the missed events, in order (possibly none).
+    Events(Vec<Arc<OrgEvent>>),
+    /// The gap cannot be filled (unknown id, or too old): start over.
+    Snapshot(Snapshot),
+}
+
+#[derive(Clone, Debug)]
+pub struct ListActions {
+    pub limit: u32,
+}
+
+impl Request for ApplyPayment {
+    type Answer = OrgAnswer<Outcome>;
+}
+impl Request for ApplyRevocation {
+    type Answer = OrgAnswer<Outcome>;
+}
+impl Request for SimulatePayment {
+    type Answer = OrgAnswer<Entitlements>;
+}
+impl Request for GetSnapshot {
+    type Answer = OrgAnswer<Snapshot>;
+}
+impl Request for OpenPaymentIntent {
+    type Answer = OrgAnswer<OpenIntent>;
+}
+impl Request for ReplaySince {
+    type Answer = OrgAnswer<Replay>;
+}
+impl Request for ListActions {
+    type Answer = OrgAnswer<Vec<Action>>;
+}
+
+/// What every org actor shares: where to persist, publish and pay.
+pub struct OrgDeps {
+    pub store: ActionStore,
+    pub persistence: Recipient<Persist>,
+    pub hub: Recipient<Publish>,
+    pub stripe: Recipient<CreatePaymentIntent>,
+    pub settings: OrgSettings,
+}
+
+enum State {
+    Loading,
+    Ready(Ledger),
+    /// The store could not be read; every message is refused and the actor
+    /// stops, so the next request tries a fresh load.
+    Failed(String),
+}
+
+pub struct OrgActor {
+    org_id: String,
+    deps: Arc<OrgDeps>,
+    registry: Arc<DashMap<String, Addr<OrgActor>>>,
+    state: State,
+    recent: VecDeque<Arc<OrgEvent>>,
+    open_intents: HashMap<String, OpenIntent>,
+    last_active: Instant,
+}
+
+impl OrgActor {
+    pub fn new(
+        org_id: String,
+        deps: Arc<OrgDeps>,
+        registry: Arc<DashMap<String, Addr<OrgActor>>>,
+    ) -> Self {
+        Self {
+            org_id,
+            deps,
+            registry,
+            state: State::Loading,
+            recent: VecDeque::new(),
+            open_intents: HashMap::new(),
+            last_active: Instant::now(),
+        }
+    }
+
+    fn skus(&self) -> Arc<[String]> {
+        self.deps
+            .settings
+            .products
+            .iter()
+            .map(|p| p.sku.clone())
+            .collect()
+    }
+
+    fn product(&self, sku: &str) -> Option<&Product> {
+        self.deps.settings.products.iter().find(|p| p.sku == sku)
+    }
+
+    /// The ledger, or the error to answer with (and the actor stops).
+    fn ledger(&mut self, ctx: &mut Context<Self>) -> Result<&mut Ledger, OrgError> {
+        self.last_active = Instant::now();
+        match &mut self.state {
+            State::Ready(ledger) => Ok(ledger),
+            State::Failed(msg) => {
+                let err = OrgError::PersistenceUnavailable(msg.clone());
+                ctx.stop();
+                Err(err)
+            }
+            State::Loading => unreachable!("messages wait for the load (ctx.wait in started)"),
+        }
+    }
+
+    fn remember(&mut self, event: Arc<OrgEvent>) {
+        if self.recent.len() == self.deps.settings.recent_events {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(event);
+    }
+
+    /// Persist, then apply, then publish; then answers `map(self)`.
+    fn record<T: Send + 'static>(
+        &mut self,
+        action: Action,
+        ctx: &mut Context<Self>,
+        reply: oneshot::Sender<OrgAnswer<T>>,
+        map: impl FnOnce(&Ledger) -> T + 'static,
+    ) {
+        let persist = self.deps.persistence.send(Persist(action.clone()));
+        let span = tracing::info_span!(
+            "record_action",
+            org_id = %self.org_id,
+            event_id = action.event_id.as_deref().unwrap_or("-"),
+            action_id = %action.id,
+            seq = action.seq,
+        );
+        ctx.wait(async move { persist.await }.into_actor(self).map(move |result, act, ctx| {
+            let _entered = span.enter();
+            let answer = match result {
+                Ok(Ok(())) => {
+                    let State::Ready(ledger) = &mut act.state else {
+                        unreachable!("record runs only on a ready ledger")
+                    };
+                    let event = Arc::new(ledger.apply(&action));
+                    let answer = map(ledger);
+                    if action.kind == ActionKind::Payment && action.status == ActionStatus::Delivered {
+                        act.open_intents.remove(&action.sku);
+                    }
+                    act.remember(event.clone());
+                    // do_send: the hub never blocks an org; its own queues
+                    // are the bound (a slow browser is dropped there).
+                    act.deps.hub.do_send(Publish { org_id: act.org_id.clone(), event });
+                    tracing::info!(kind = action.kind.as_str(), status = action.status.as_str(), "action recorded");
+                    Ok(answer)
+                }
+                Ok(Err(PersistError::Overloaded)) => Err(OrgError::Overloaded),
+                Ok(Err(PersistError::Unavailable(msg))) => {
+                    tracing::warn!(error = %msg, "action not recorded; the org reloads from the store");
+                    ctx.stop();
+                    Err(OrgError::PersistenceUnavailable(msg))
+                }
+                Err(mailbox) => {
+                    ctx.stop();
+                    Err(OrgError::PersistenceUnavailable(mailbox.to_string()))
+                }
+            };
+            let _ = reply.send(answer);
+        }));
+    }
+
+    fn new_action(
+        &self,
+        ledger: &Ledger,
+        id: String,
+        kind: ActionKind,
+        status: ActionStatus,
+        sku: &str,
+        payment_intent_id: &str,
+        event_id: Option<&str>,
+        amount: i64,
+        currency: &str,
+    ) -> Action {
+        Action {
+            id,
+            org_id: self.org_id.clone(),
+            seq: ledger.next_seq(),
+            kind,
+            status,
+            sku: sku.to_owned(),
+            external_id: payment_intent_id.to_owned(),
+            event_id: event_id.map(str::to_owned),
+            amount,
+            currency: currency.to_owned(),
+            created_at_ms: now_ms(),
+            simulated: false,
+        }
+    }
+}
+
+impl Actor for OrgActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(self.deps.settings.mailbox);
+        let store = self.deps.store.clone();
+        let org_id = self.org_id.clone();
+        // ctx.wait: no message is handled before the state is rebuilt.
+        ctx.wait(async move { store.org_actions(&org_id).await }.into_actor(self).map(
+            |result, act, _| match result {
+                Ok(actions) => {
+                    let mut ledger = Ledger::new(act.org_id.clone(), act.skus());
+                    let keep = act.deps.settings.recent_events;
+                    let skip = actions.len().saturating_sub(keep);
+                    for (i, action) in actions.iter().enumerate() {
+                        let event = ledger.apply(action);
+                        if i >= skip {
+                            act.remember(Arc::new(event));
+                        }
+                    }
+                    tracing::debug!(org_id = %act.org_id, seq = ledger.seq(), "org state rebuilt");
+                    act.state = State::Ready(ledger);
+                }
+                Err(e) => {
+                    tracing::warn!(org_id = %act.org_id, error = %e, "org state could not be loaded");
+                    act.state = State::Failed(e.to_string());
+                }
+            },
+        ));
+        let idle_stop = self.deps.settings.idle_stop;
+        let check_every =
+            (idle_stop / 2).clamp(Duration::from_millis(100), Duration::from_secs(30));
+        ctx.run_interval(check_every, move |act, ctx| {
+            if act.last_active.elapsed() >= idle_stop {
+                ctx.stop();
+            }
+        });
+    }
+
+    fn stopping(&mut self, ctx: &mut Context<Self>) -> Running {
+        let me = ctx.address();
+        self.registry.remove_if(&self.org_id, |_, addr| *addr == me);
+        Running::Stop
+    }
+}
+
+impl Handler<Ask<ApplyPayment>> for OrgActor {
+    type Result = ();
+
+    fn handle(&mut self, Ask { request: r, reply }: Ask<ApplyPayment>, ctx: &mut Context<Self>) {
+        let ledger = match self.ledger(ctx) {
+            Ok(l) => l,
+            Err(e) => return drop(reply.send(Err(e))),
+        };
+        let duplicate = ledger.has_applied_event(&r.event_id)
+            || (r.succeeded && ledger.intent(&r.payment_intent_id).is_some_and(|i| i.paid));
+        if duplicate {
+            return drop(reply.send(Ok(Outcome::Duplicate)));
+        }
+        let ledger = match &self.state {
+            State::Ready(l) => l,
+            _ => unreachable!(),
+        };
+        if self.product(&r.sku).is_none() {
+            tracing::warn!(org_id = %self.org_id, event_id = %r.event_id, sku = %r.sku, "payment for an unknown sku ignored");
+            return drop(reply.send(Ok(Outcome::Ignored)));
+        }
+        let (id, status) = if r.succeeded {
+            // One delivered payment per PaymentIntent, whichever event says so.
+            (
+                format!("pay_{}", r.payment_intent_id),
+                ActionStatus::Delivered,
+            )
+        } else {
+            // Each failed attempt is its own action.
+            (format!("fail_{}", r.event_id), ActionStatus::Failed)
+        };
+        let action = self.new_action(
+            ledger,
+            id,
+            ActionKind::Payment,
+            status,
+            &r.sku,
+            &r.payment_intent_id,
+            Some(&r.event_id),
+            r.amount,
+            &r.currency,
+        );
+        self.record(action, ctx, reply, |_| Outcome::Recorded);
+    }
+}
+
+impl Handler<Ask<ApplyRevocation>> for OrgActor {
+    type Result = ();
+
+    fn handle(&mut self, Ask { request: r, reply }: Ask<ApplyRevocation>, ctx: &mut Context<Self>) {
+        let ledger = match self.ledger(ctx) {
+            Ok(l) => l,
+            Err(e) => return drop(reply.send(Err(e))),
+        };
+        if ledger.has_applied_event(&r.event_id) {
+            return drop(reply.send(Ok(Outcome::Duplicate)));
+        }
+        let sku = r
+            .sku
+            .clone()
+            .or_else(|| ledger.intent(&r.payment_intent_id).map(|i| i.sku.clone()));
+        let Some(sku) = sku.filter(|s| self.product(s).is_some()) else {
+            tracing::warn!(org_id = %self.org_id, event_id = %r.event_id, payment_intent_id = %r.payment_intent_id,
+                "revocation names no known sku; ignored");
+            return drop(reply.send(Ok(Outcome::Ignored)));
+        };
+        let ledger = match &self.state {
+            State::Ready(l) => l,
+            _ => unreachable!(),
+        };
+        let action = self.new_action(
+            ledger,
+            format!("{}_{}", r.kind.as_str(), r.event_id),
+            r.kind,
+            ActionStatus::Delivered,
+            &sku,
+            &r.payment_intent_id,
+            Some(&r.event_id),
+            r.amount,
+            &r.currency,
+        );
+        self.record(action, ctx, reply, |_| Outcome::Recorded);
+    }
+}
+
+impl Handler<Ask<SimulatePayment>> for OrgActor {
+    type Result = ();
+
+    fn handle(&mut self, Ask { request: r, reply }: Ask<SimulatePayment>, ctx: &mut Context<Self>) {
+        let Some(product) = self.product(&r.sku).cloned() else {
+            return drop(reply.send(Err(OrgError::UnknownSku(r.sku))));
+        };
+        let ledger = match self.ledger(ctx) {
+            Ok(l) => l,
+            Err(e) => return drop(reply.send(Err(e))),
+        };
+        if ledger.is_entitled(&r.sku) {
+            // Already paid for: a second simulated purchase would double-charge.
+            return drop(reply.send(Ok(ledger.entitlements())));
+        }
+        let ledger = match &self.state {
+            State::Ready(l) => l,
+            _ => unreachable!(),
+        };
+        let payment_intent_id = format!("pi_simulated_{}_{}", self.org_id, ledger.next_seq());
+        let mut action = self.new_action(
+            ledger,
+            format!("pay_{payment_intent_id}"),
+            ActionKind::Payment,
+            ActionStatus::Delivered,
+            &product.sku,
+            &payment_intent_id,
+            None,
+            product.amount,
+            &product.currency,
+        );
+        action.simulated = true;
+        self.record(action, ctx, reply, Ledger::entitlements);
+    }
+}
+
+impl Handler<Ask<GetSnapshot>> for OrgActor {
+    type Result = ();
+
+    fn handle(&mut self, ask: Ask<GetSnapshot>, ctx: &mut Context<Self>) {
+        let _ = ask.reply.send(self.ledger(ctx).map(|l| l.snapshot()));
+    }
+}
+
+impl Handler<Ask<OpenPaymentIntent>> for OrgActor {
+    type Result = ();
+
+    fn handle(
+        &mut self,
+        Ask { request: r, reply }: Ask<OpenPaymentIntent>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(product) = self.product(&r.sku).cloned() else {
+            return drop(reply.send(Err(OrgError::UnknownSku(r.sku))));
+        };
+        let purchases = match self.ledger(ctx) {
+            Ok(l) if l.is_entitled(&r.sku) => {
+                return drop(reply.send(Err(OrgError::AlreadyEntitled(r.sku))))
+            }
+            Ok(l) => l.purchases(&r.sku),
+            Err(e) => return drop(reply.send(Err(e))),
+        };
+        if let Some(open) = self.open_intents.get(&r.sku) {
+            return drop(reply.send(Ok(open.clone())));
+        }
+        // The key is the same for every attempt at this purchase, so even a
+        // restarted service gets Stripe's existing PaymentIntent back.
+        let idempotency_key = format!(
+            "entitlements:{}:{}:{}{}:{}",
+            self.org_id, product.sku, product.amount, product.currency, purchases
+        );
+        let create = self.deps.stripe.send(CreatePaymentIntent {
+            org_id: self.org_id.clone(),
+            sku: product.sku.clone(),
+            amount: product.amount,
+            currency: product.currency.clone(),
+            idempotency_key,
+        });
+        // ctx.wait: concurrent calls for this org queue behind this one and
+        // then find the intent already open.
+        ctx.wait(
+            async move { create.await }
+                .into_actor(self)
+                .map(move |result, act, _| {
+                    let answer = match result {
+                        Ok(Ok(intent)) => {
+                            act.open_intents.insert(product.sku, intent.clone());
+                            Ok(intent)
+                        }
+                        Ok(Err(e)) => Err(OrgError::Stripe(e)),
+                        Err(_) => Err(OrgError::Stripe(StripeError(
+                            "the Stripe client is not running".into(),
+                        ))),
+                    };
+                    let _ = reply.send(answer);
+                }),
+        );
+    }
+}
+
+impl Handler<Ask<ReplaySince>> for OrgActor {
+    type Result = ();
+
+    fn handle(&mut self, Ask { request: r, reply }: Ask<ReplaySince>, ctx: &mut Context<Self>) {
+        let max_replay = self.deps.settings.max_replay;
+        let ledger = match self.ledger(ctx) {
+            Ok(l) => l,
+            Err(e) => return drop(reply.send(Err(e))),
+        };
+        let seq = ledger.seq();
+        let after = r.last_event_id;
+        if after > seq || (seq - after) as usize > max_replay {
+            return drop(reply.send(Ok(Replay::Snapshot(ledger.snapshot()))));
+        }
+        let fallback = ledger.snapshot();
+        let covered = after == seq || self.recent.front().is_some_and(|e| e.seq <= after + 1);
+        if covered {
+            let events = self
+                .recent
+                .iter()
+                .filter(|e| e.seq > after)
+                .cloned()
+                .collect();
+            return drop(reply.send(Ok(Replay::Events(events))));
+        }
+        // Older than memory: rebuild the events from the store. Not
+        // ctx.wait: this reads durable rows and changes nothing, and the
+        // stream drops live events it already got from here by `seq`.
+        let store = self.deps.store.clone();
+        let org_id = self.org_id.clone();
+        let skus = self.skus();
+        actix::spawn(async move {
+            let answer = match store.org_actions(&org_id).await {
+                Ok(actions) => {
+                    let mut replayed = Ledger::new(org_id, skus);
+                    let events = actions
+                        .iter()
+                        .map(|a| replayed.apply(a))
+                        .filter(|e| e.seq > after)
+                        .map(Arc::new)
+                        .collect();
+                    Replay::Events(events)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "replay from the store failed; sending a snapshot");
+                    Replay::Snapshot(fallback)
+                }
+            };
+            let _ = reply.send(Ok(answer));
+        });
+    }
+}
+
+impl Handler<Ask<ListActions>> for OrgActor {
+    type Result = ();
+
+    fn handle(&mut self, Ask { request: r, reply }: Ask<ListActions>, ctx: &mut Context<Self>) {
+        if let Err(e) = self.ledger(ctx) {
+            return drop(reply.send(Err(e)));
+        }
+        let store = self.deps.store.clone();
+        let org_id = self.org_id.clone();
+        actix::spawn(async move {
+            let answer = store
+                .recent_actions(&org_id, r.limit)
+                .await
+                .map_err(|e| OrgError::PersistenceUnavailable(e.to_string()));
+            let _ = reply.send(answer);
+        });
+    }
+}

@@ -1,0 +1,248 @@
+//! PersistenceActor: group commit of action rows into the store.
+//!
+//! Each writer sends one `Persist` and hears back only once the batch holding
+//! its row is durable. A lone request is written at once (no timer to wait
+//! for); rows that arrive while a write is in flight wait for it and then go
+//! together in the next batch, so batches grow with load instead of queries
+//! multiplying. `min_interval` spaces writes for stores that want few, large
+//! inserts (ClickHouse); the embedded store uses zero.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use tokio::sync::oneshot;
+
+use crate::model::Action;
+use crate::store::{ActionStore, StoreError};
+
+#[derive(Clone, Debug)]
+pub struct PersistenceSettings {
+    pub batch_max_rows: usize,
+    /// Least time between the starts of two writes.
+    pub min_interval: Duration,
+    /// A write that has not finished by then counts as failed.
+    pub write_timeout: Duration,
+    /// Rows allowed to wait; beyond it a writer is told `Overloaded`.
+    pub max_pending: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PersistError {
+    #[error("the action store is unavailable: {0}")]
+    Unavailable(String),
+    #[error("too many actions are waiting to be stored")]
+    Overloaded,
+}
+
+/// Store one action; answers once it is durable.
+#[derive(Message)]
+#[rtype(result = "Result<(), PersistError>")]
+pub struct Persist(pub Action);
+
+/// Whether the store answers now (for `/readyz`).
+#[derive(Message)]
+#[rtype(result = "Result<(), PersistError>")]
+pub struct CheckReady;
+
+/// Write everything pending, then answer (for graceful shutdown).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Drain;
+
+/// What the actor has done, for tests and benchmarks.
+#[derive(Message)]
+#[rtype(result = "PersistenceStats")]
+pub struct GetStats;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PersistenceStats {
+    pub batches: u64,
+    pub rows: u64,
+    pub failed_batches: u64,
+}
+
+type Reply = oneshot::Sender<Result<(), PersistError>>;
+
+pub struct PersistenceActor {
+    store: ActionStore,
+    settings: PersistenceSettings,
+    pending: VecDeque<(Action, Reply)>,
+    in_flight: bool,
+    last_write_started: Option<Instant>,
+    timer_armed: bool,
+    /// After a failed write, writes wait until then (doubling backoff) and
+    /// new rows are refused at once, so writers get a fast 503.
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    drain_waiters: Vec<oneshot::Sender<()>>,
+    stats: PersistenceStats,
+}
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+impl PersistenceActor {
+    pub fn new(store: ActionStore, settings: PersistenceSettings) -> Self {
+        Self {
+            store,
+            settings,
+            pending: VecDeque::new(),
+            in_flight: false,
+            last_write_started: None,
+            timer_armed: false,
+            retry_at: None,
+            backoff: MIN_BACKOFF,
+            drain_waiters: Vec::new(),
+            stats: PersistenceStats::default(),
+        }
+    }
+
+    fn maybe_flush(&mut self, ctx: &mut Context<Self>) {
+        if self.in_flight {
+            return;
+        }
+        if self.pending.is_empty() {
+            for waiter in self.drain_waiters.drain(..) {
+                let _ = waiter.send(());
+            }
+            return;
+        }
+        let now = Instant::now();
+        let spacing = self
+            .last_write_started
+            .map(|t| self.settings.min_interval.saturating_sub(now - t))
+            .unwrap_or_default();
+        let full = self.pending.len() >= self.settings.batch_max_rows;
+        let wait = if full && self.retry_at.is_none() {
+            Duration::ZERO
+        } else {
+            spacing
+        };
+        let wait = wait.max(
+            self.retry_at
+                .map(|t| t.saturating_duration_since(now))
+                .unwrap_or_default(),
+        );
+        if !wait.is_zero() {
+            if !self.timer_armed {
+                self.timer_armed = true;
+                ctx.run_later(wait, |act, ctx| {
+                    act.timer_armed = false;
+                    act.maybe_flush(ctx);
+                });
+            }
+            return;
+        }
+
+        let take = self.pending.len().min(self.settings.batch_max_rows);
+        let (rows, replies): (Vec<Action>, Vec<Reply>) = self.pending.drain(..take).unzip();
+        self.in_flight = true;
+        self.last_write_started = Some(now);
+        let store = self.store.clone();
+        let timeout = self.settings.write_timeout;
+        let row_count = rows.len() as u64;
+        let write = async move {
+            match tokio::time::timeout(timeout, store.insert_batch(rows)).await {
+                Ok(result) => result,
+                Err(_) => Err(StoreError::Unavailable(format!(
+                    "write timed out after {timeout:?}"
+                ))),
+            }
+        };
+        ctx.spawn(write.into_actor(self).map(move |result, act, ctx| {
+            act.in_flight = false;
+            match result {
+                Ok(()) => {
+                    act.stats.batches += 1;
+                    act.stats.rows += row_count;
+                    act.retry_at = None;
+                    act.backoff = MIN_BACKOFF;
+                    for reply in replies {
+                        let _ = reply.send(Ok(()));
+                    }
+                }
+                Err(StoreError::Unavailable(msg)) => {
+                    tracing::warn!(error = %msg, rows = row_count, backoff_ms = act.backoff.as_millis() as u64, "action batch not stored");
+                    act.stats.failed_batches += 1;
+                    act.retry_at = Some(Instant::now() + act.backoff);
+                    act.backoff = (act.backoff * 2).min(MAX_BACKOFF);
+                    let err = PersistError::Unavailable(msg);
+                    for reply in replies {
+                        let _ = reply.send(Err(err.clone()));
+                    }
+                    // Rows queued behind the failed write would only wait
+                    // out the backoff: tell their writers now.
+                    for (_, reply) in act.pending.drain(..) {
+                        let _ = reply.send(Err(err.clone()));
+                    }
+                }
+            }
+            act.maybe_flush(ctx);
+        }));
+    }
+}
+
+impl Actor for PersistenceActor {
+    type Context = Context<Self>;
+}
+
+impl Handler<Persist> for PersistenceActor {
+    type Result = ResponseFuture<Result<(), PersistError>>;
+
+    fn handle(&mut self, Persist(action): Persist, ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        if let Some(retry_at) = self.retry_at.filter(|t| *t > Instant::now()) {
+            let wait_ms = (retry_at - Instant::now()).as_millis();
+            let _ = tx.send(Err(PersistError::Unavailable(format!(
+                "store failed recently; next attempt in {wait_ms} ms"
+            ))));
+        } else if self.pending.len() >= self.settings.max_pending {
+            let _ = tx.send(Err(PersistError::Overloaded));
+        } else {
+            self.pending.push_back((action, tx));
+            self.maybe_flush(ctx);
+        }
+        Box::pin(async move {
+            rx.await
+                .unwrap_or_else(|_| Err(PersistError::Unavailable("persistence stopped".into())))
+        })
+    }
+}
+
+impl Handler<CheckReady> for PersistenceActor {
+    type Result = ResponseFuture<Result<(), PersistError>>;
+
+    fn handle(&mut self, _: CheckReady, _: &mut Context<Self>) -> Self::Result {
+        let store = self.store.clone();
+        let timeout = self.settings.write_timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, store.ping()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(StoreError::Unavailable(msg))) => Err(PersistError::Unavailable(msg)),
+                Err(_) => Err(PersistError::Unavailable("ping timed out".into())),
+            }
+        })
+    }
+}
+
+impl Handler<Drain> for PersistenceActor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Drain, ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.drain_waiters.push(tx);
+        self.maybe_flush(ctx);
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
+}
+
+impl Handler<GetStats> for PersistenceActor {
+    type Result = MessageResult<GetStats>;
+
+    fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.stats)
+    }
+}

@@ -1,0 +1,151 @@
+//! SseHub: who is listening to which org, and fan-out of that org's events.
+//!
+//! Each connection has a bounded queue. A connection whose queue is full is
+//! dropped on the spot (its sender is removed, so its stream ends after what
+//! it already holds); the browser reconnects with `Last-Event-ID` and the org
+//! actor replays what it missed. Nobody is ever waited for.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use tokio::sync::mpsc;
+
+use crate::org_event::OrgEvent;
+
+pub type SubscriberId = u64;
+
+/// Register a connection for an org's events.
+#[derive(Message)]
+#[rtype(result = "Subscription")]
+pub struct Subscribe {
+    pub org_id: String,
+}
+
+pub struct Subscription {
+    pub id: SubscriberId,
+    pub events: mpsc::Receiver<Arc<OrgEvent>>,
+}
+
+/// A connection went away.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unsubscribe {
+    pub org_id: String,
+    pub id: SubscriberId,
+}
+
+/// An org's change, already durable and applied.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct Publish {
+    pub org_id: String,
+    pub event: Arc<OrgEvent>,
+}
+
+/// Connection counts, for tests, metrics and benchmarks.
+#[derive(Message)]
+#[rtype(result = "HubStats")]
+pub struct GetHubStats;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HubStats {
+    pub orgs: usize,
+    pub connections: usize,
+    pub dropped_slow: u64,
+}
+
+pub struct SseHub {
+    client_queue: usize,
+    next_id: SubscriberId,
+    subscribers: HashMap<String, Vec<(SubscriberId, mpsc::Sender<Arc<OrgEvent>>)>>,
+    connections: usize,
+    dropped_slow: u64,
+}
+
+impl SseHub {
+    pub fn new(client_queue: usize) -> Self {
+        Self {
+            client_queue: client_queue.max(1),
+            next_id: 0,
+            subscribers: HashMap::new(),
+            connections: 0,
+            dropped_slow: 0,
+        }
+    }
+}
+
+impl Actor for SseHub {
+    type Context = Context<Self>;
+}
+
+impl Handler<Subscribe> for SseHub {
+    type Result = MessageResult<Subscribe>;
+
+    fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = mpsc::channel(self.client_queue);
+        self.next_id += 1;
+        let id = self.next_id;
+        self.subscribers
+            .entry(msg.org_id)
+            .or_default()
+            .push((id, tx));
+        self.connections += 1;
+        MessageResult(Subscription { id, events: rx })
+    }
+}
+
+impl Handler<Unsubscribe> for SseHub {
+    type Result = ();
+
+    fn handle(&mut self, msg: Unsubscribe, _: &mut Context<Self>) {
+        if let Some(list) = self.subscribers.get_mut(&msg.org_id) {
+            let before = list.len();
+            list.retain(|(id, _)| *id != msg.id);
+            self.connections -= before - list.len();
+            if list.is_empty() {
+                self.subscribers.remove(&msg.org_id);
+            }
+        }
+    }
+}
+
+impl Handler<Publish> for SseHub {
+    type Result = ();
+
+    fn handle(&mut self, msg: Publish, _: &mut Context<Self>) {
+        let Some(list) = self.subscribers.get_mut(&msg.org_id) else {
+            return;
+        };
+        let before = list.len();
+        let mut slow = 0;
+        list.retain(|(_, tx)| match tx.try_send(msg.event.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                slow += 1;
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+        if slow > 0 {
+            tracing::info!(org_id = %msg.org_id, slow, "dropped stream connections that could not keep up");
+        }
+        self.dropped_slow += slow;
+        self.connections -= before - list.len();
+        if list.is_empty() {
+            self.subscribers.remove(&msg.org_id);
+        }
+    }
+}
+
+impl Handler<GetHubStats> for SseHub {
+    type Result = MessageResult<GetHubStats>;
+
+    fn handle(&mut self, _: GetHubStats, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(HubStats {
+            orgs: self.subscribers.len(),
+            connections: self.connections,
+            dropped_slow: self.dropped_slow,
+        })
+    }
+}

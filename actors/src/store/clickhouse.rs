@@ -1,0 +1,304 @@
+//! The ClickHouse backend of the action log.
+//!
+//! One `ReplacingMergeTree` table sorted by `(org_id, id)`. Action ids are
+//! deterministic, so a batch written twice (a retry after a timeout whose
+//! first attempt did land, or an event redelivered after a crash) only adds
+//! copies of rows that already exist; merges drop them eventually and every
+//! read collapses them at once with `FINAL`.
+//!
+//! The SQL sticks to what both ClickHouse 18.16 (Debian's package, used in
+//! tests) and current releases / ClickHouse Cloud accept: `String` rather than
+//! `LowCardinality`/`Enum`, `UInt8` rather than `Bool`, no `Nullable`. For the
+//! same reason the client runs with validation off: 18.16 lacks the
+//! `RowBinaryWithNamesAndTypes` format that validation relies on, so rows
+//! travel as plain `RowBinary` and `ActionRow` must match the DDL column for
+//! column.
+
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use clickhouse::{Client, Row};
+use serde::{Deserialize, Serialize};
+
+use super::{PaymentIntentOwner, StoreError};
+use crate::model::{Action, ActionKind, ActionStatus};
+
+#[derive(Clone)]
+pub struct ClickHouseSettings {
+    /// HTTP(S) endpoint, e.g. `http://127.0.0.1:8123`.
+    pub url: String,
+    /// Empty means the user's default database.
+    pub database: String,
+    /// Empty means `default`.
+    pub user: String,
+    pub password: String,
+    /// Must match `[A-Za-z0-9_]+`: it is the one thing put into SQL as text.
+    pub table: String,
+    /// Upper bound on every operation, connecting included.
+    pub timeout: Duration,
+}
+
+/// Written by hand so that logging the settings never prints the password.
+impl fmt::Debug for ClickHouseSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClickHouseSettings")
+            .field("url", &self.url)
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .field("table", &self.table)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+#[derive(Clone)]
+pub struct ClickHouseStore {
+    client: Client,
+    table: String,
+    timeout: Duration,
+    /// Kept only to scrub it from error messages, in case anything echoes it.
+    password: String,
+}
+
+/// One table row. Field order and types must match the DDL in `migrate`
+/// exactly, because plain `RowBinary` carries no column names or types.
+#[derive(Row, Serialize, Deserialize)]
+struct ActionRow {
+    id: String,
+    org_id: String,
+    seq: u64,
+    kind: String,
+    status: String,
+    sku: String,
+    external_id: String,
+    /// Empty string for "no event" (simulated payments): avoids `Nullable`.
+    event_id: String,
+    amount: i64,
+    currency: String,
+    created_at_ms: i64,
+    /// 0/1; `UInt8` because 18.16 has no `Bool`.
+    simulated: u8,
+}
+
+#[derive(Row, Deserialize)]
+struct OwnerRow {
+    org_id: String,
+    sku: String,
+}
+
+impl From<Action> for ActionRow {
+    fn from(a: Action) -> Self {
+        ActionRow {
+            id: a.id,
+            org_id: a.org_id,
+            seq: a.seq,
+            kind: a.kind.as_str().to_owned(),
+            status: a.status.as_str().to_owned(),
+            sku: a.sku,
+            external_id: a.external_id,
+            event_id: a.event_id.unwrap_or_default(),
+            amount: a.amount,
+            currency: a.currency,
+            created_at_ms: a.created_at_ms,
+            simulated: u8::from(a.simulated),
+        }
+    }
+}
+
+impl TryFrom<ActionRow> for Action {
+    type Error = StoreError;
+
+    fn try_from(r: ActionRow) -> Result<Self, StoreError> {
+        let corrupt = |what: &str, value: &str| {
+            StoreError::Unavailable(format!("action {}: unknown {what} {value:?}", r.id))
+        };
+        let kind = ActionKind::parse(&r.kind).ok_or_else(|| corrupt("kind", &r.kind))?;
+        let status = ActionStatus::parse(&r.status).ok_or_else(|| corrupt("status", &r.status))?;
+        Ok(Action {
+            id: r.id,
+            org_id: r.org_id,
+            seq: r.seq,
+            kind,
+            status,
+            sku: r.sku,
+            external_id: r.external_id,
+            event_id: Some(r.event_id).filter(|e| !e.is_empty()),
+            amount: r.amount,
+            currency: r.currency,
+            created_at_ms: r.created_at_ms,
+            simulated: r.simulated != 0,
+        })
+    }
+}
+
+impl ClickHouseStore {
+    /// Builds the client; connects lazily, so this never touches the network.
+    pub fn new(settings: ClickHouseSettings) -> Result<Self, StoreError> {
+        let table_ok = !settings.table.is_empty()
+            && settings
+                .table
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !table_ok {
+            return Err(StoreError::Unavailable(format!(
+                "invalid ClickHouse table name {:?}: use only A-Z, a-z, 0-9 and _",
+                settings.table
+            )));
+        }
+
+        let mut client = Client::default()
+            .with_url(&settings.url)
+            .with_validation(false);
+        if !settings.database.is_empty() {
+            client = client.with_database(&settings.database);
+        }
+        // Always name the user: 18.16 treats a password sent without a user
+        // as user "" ("Unknown user") instead of `default`.
+        let user = match settings.user.as_str() {
+            "" => "default",
+            user => user,
+        };
+        client = client.with_user(user);
+        if !settings.password.is_empty() {
+            client = client.with_password(&settings.password);
+        }
+
+        Ok(ClickHouseStore {
+            client,
+            table: settings.table,
+            timeout: settings.timeout,
+            password: settings.password,
+        })
+    }
+
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        // No version column: copies of one action are identical, so
+        // whichever copy the merge keeps is right.
+        let sql = format!(
+            "CREATE TABLE IF NOT EXISTS `{}` (
+                id String,
+                org_id String,
+                seq UInt64,
+                kind String,
+                status String,
+                sku String,
+                external_id String,
+                event_id String,
+                amount Int64,
+                currency String,
+                created_at_ms Int64,
+                simulated UInt8
+            ) ENGINE = ReplacingMergeTree() ORDER BY (org_id, id)",
+            self.table
+        );
+        self.bounded("migrate", self.client.query(&sql).execute())
+            .await
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.bounded("ping", self.client.query("SELECT 1").execute())
+            .await
+    }
+
+    /// One INSERT for the whole batch. If the timeout fires mid-stream the
+    /// request is dropped and the server discards the partial INSERT; if it
+    /// fires after the server committed, the caller's retry only writes
+    /// duplicates, which reads collapse.
+    pub async fn insert_batch(&self, rows: Vec<Action>) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let insert = async {
+            let mut insert = self.client.insert::<ActionRow>(&self.table).await?;
+            for row in rows {
+                insert.write(&ActionRow::from(row)).await?;
+            }
+            insert.end().await
+        };
+        self.bounded("insert", insert).await
+    }
+
+    pub async fn org_actions(&self, org_id: &str) -> Result<Vec<Action>, StoreError> {
+        let sql = format!(
+            "SELECT ?fields FROM `{}` FINAL WHERE org_id = ? ORDER BY seq, id",
+            self.table
+        );
+        let query = self.client.query(&sql).bind(org_id);
+        let rows = self
+            .bounded("org_actions", query.fetch_all::<ActionRow>())
+            .await?;
+        rows.into_iter().map(Action::try_from).collect()
+    }
+
+    pub async fn recent_actions(
+        &self,
+        org_id: &str,
+        limit: u32,
+    ) -> Result<Vec<Action>, StoreError> {
+        let sql = format!(
+            "SELECT ?fields FROM `{}` FINAL WHERE org_id = ? ORDER BY seq DESC, id DESC LIMIT ?",
+            self.table
+        );
+        let query = self.client.query(&sql).bind(org_id).bind(limit);
+        let rows = self
+            .bounded("recent_actions", query.fetch_all::<ActionRow>())
+            .await?;
+        rows.into_iter().map(Action::try_from).collect()
+    }
+
+    /// Any one matching row answers, and copies of an action agree on org and
+    /// SKU, so this read needs no `FINAL`. `external_id` is not in the sorting
+    /// key, so it scans the table; it only runs for events lacking metadata.
+    pub async fn payment_intent_owner(
+        &self,
+        payment_intent_id: &str,
+    ) -> Result<Option<PaymentIntentOwner>, StoreError> {
+        let sql = format!(
+            "SELECT ?fields FROM `{}` WHERE external_id = ? LIMIT 1",
+            self.table
+        );
+        let query = self.client.query(&sql).bind(payment_intent_id);
+        let row = self
+            .bounded("payment_intent_owner", query.fetch_optional::<OwnerRow>())
+            .await?;
+        Ok(row.map(|r| PaymentIntentOwner {
+            org_id: r.org_id,
+            sku: r.sku,
+        }))
+    }
+
+    /// Runs one operation under the configured timeout and turns every
+    /// failure into `Unavailable`, scrubbed of the password.
+    async fn bounded<T>(
+        &self,
+        op: &str,
+        fut: impl Future<Output = clickhouse::error::Result<T>>,
+    ) -> Result<T, StoreError> {
+        let message = match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(err)) => {
+                // The crate's top-level text can be as vague as "client error
+                // (Connect)"; the cause chain says "Connection refused".
+                let mut message = format!("clickhouse {op}: {err}");
+                let mut source = std::error::Error::source(&err);
+                while let Some(cause) = source {
+                    let cause_text = cause.to_string();
+                    if !message.contains(&cause_text) {
+                        message = format!("{message}: {cause_text}");
+                    }
+                    source = cause.source();
+                }
+                message
+            }
+            Err(_) => format!("clickhouse {op}: no answer within {:?}", self.timeout),
+        };
+        let message = if self.password.is_empty() {
+            message
+        } else {
+            message.replace(&self.password, "<redacted>")
+        };
+        Err(StoreError::Unavailable(message))
+    }
+}

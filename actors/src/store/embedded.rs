@@ -1,0 +1,216 @@
+//! The embedded action store: one SQLite file in WAL mode.
+//!
+//! SQLite calls block, so every operation runs on tokio's blocking pool.
+//! Each blocking thread keeps its own connection per database file (a
+//! thread-local cache), so there is no shared connection and no lock of ours:
+//! SQLite's own locking serialises the single writer, and the
+//! PersistenceActor only ever has one batch in flight anyway.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::{PaymentIntentOwner, StoreError};
+use crate::model::{Action, ActionKind, ActionStatus};
+
+const COLUMNS: &str = "id, org_id, seq, kind, status, sku, external_id, event_id, amount, currency, created_at_ms, simulated";
+
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    path: Arc<PathBuf>,
+}
+
+thread_local! {
+    static CONNECTIONS: RefCell<HashMap<PathBuf, Connection>> = RefCell::new(HashMap::new());
+}
+
+impl EmbeddedStore {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: Arc::new(path.into()),
+        }
+    }
+
+    /// Runs `f` with this thread's connection to the store, on the blocking pool.
+    async fn with_conn<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            CONNECTIONS.with(|cell| {
+                let mut conns = cell.borrow_mut();
+                if !conns.contains_key(path.as_path()) {
+                    conns.insert(path.to_path_buf(), open(&path)?);
+                }
+                let conn = conns.get_mut(path.as_path()).expect("inserted above");
+                let result = f(conn);
+                if result.is_err() {
+                    // A broken connection must not be reused by the next call.
+                    conns.remove(path.as_path());
+                }
+                result
+            })
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+        .map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        self.with_conn(|c| {
+            c.execute_batch(
+                "CREATE TABLE IF NOT EXISTS actions (
+                    id            TEXT PRIMARY KEY,
+                    org_id        TEXT NOT NULL,
+                    seq           INTEGER NOT NULL,
+                    kind          TEXT NOT NULL,
+                    status        TEXT NOT NULL,
+                    sku           TEXT NOT NULL,
+                    external_id   TEXT NOT NULL,
+                    event_id      TEXT,
+                    amount        INTEGER NOT NULL,
+                    currency      TEXT NOT NULL,
+                    created_at_ms INTEGER NOT NULL,
+                    simulated     INTEGER NOT NULL
+                 );
+                 CREATE UNIQUE INDEX IF NOT EXISTS actions_org_seq ON actions (org_id, seq);
+                 CREATE INDEX IF NOT EXISTS actions_external_id ON actions (external_id);",
+            )
+        })
+        .await
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.with_conn(|c| c.query_row("SELECT 1", [], |_| Ok(())))
+            .await
+    }
+
+    pub async fn insert_batch(&self, rows: Vec<Action>) -> Result<(), StoreError> {
+        self.with_conn(move |c| {
+            let tx = c.transaction()?;
+            {
+                // A repeated id is a batch re-written after it landed: a no-op.
+                // A repeated (org_id, seq) under another id is a real conflict
+                // and fails the batch rather than losing a row.
+                let mut stmt = tx.prepare_cached(&format!(
+                    "INSERT INTO actions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                     ON CONFLICT (id) DO NOTHING"
+                ))?;
+                for a in &rows {
+                    stmt.execute(params![
+                        a.id,
+                        a.org_id,
+                        a.seq as i64,
+                        a.kind.as_str(),
+                        a.status.as_str(),
+                        a.sku,
+                        a.external_id,
+                        a.event_id,
+                        a.amount,
+                        a.currency,
+                        a.created_at_ms,
+                        a.simulated,
+                    ])?;
+                }
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    pub async fn org_actions(&self, org_id: &str) -> Result<Vec<Action>, StoreError> {
+        let org_id = org_id.to_owned();
+        self.with_conn(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM actions WHERE org_id = ?1 ORDER BY seq ASC"
+            ))?;
+            let rows = stmt.query_map([org_id], action_from_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    pub async fn recent_actions(
+        &self,
+        org_id: &str,
+        limit: u32,
+    ) -> Result<Vec<Action>, StoreError> {
+        let org_id = org_id.to_owned();
+        self.with_conn(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM actions WHERE org_id = ?1 ORDER BY seq DESC LIMIT ?2"
+            ))?;
+            let rows = stmt.query_map(params![org_id, limit], action_from_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    pub async fn payment_intent_owner(
+        &self,
+        payment_intent_id: &str,
+    ) -> Result<Option<PaymentIntentOwner>, StoreError> {
+        let pi = payment_intent_id.to_owned();
+        self.with_conn(move |c| {
+            c.query_row(
+                "SELECT org_id, sku FROM actions WHERE external_id = ?1 LIMIT 1",
+                [pi],
+                |r| {
+                    Ok(PaymentIntentOwner {
+                        org_id: r.get(0)?,
+                        sku: r.get(1)?,
+                    })
+                },
+            )
+            .optional()
+        })
+        .await
+    }
+}
+
+fn open(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    // WAL lets readers run beside the writer; FULL sync makes a committed
+    // batch survive power loss, which is what "durable" promises Stripe.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+fn action_from_row(r: &Row<'_>) -> rusqlite::Result<Action> {
+    let bad = |i: usize, what: &str| {
+        rusqlite::Error::FromSqlConversionFailure(
+            i,
+            rusqlite::types::Type::Text,
+            format!("unknown {what}").into(),
+        )
+    };
+    let kind: String = r.get(3)?;
+    let status: String = r.get(4)?;
+    Ok(Action {
+        id: r.get(0)?,
+        org_id: r.get(1)?,
+        seq: r.get::<_, i64>(2)? as u64,
+        kind: ActionKind::parse(&kind).ok_or_else(|| bad(3, "kind"))?,
+        status: ActionStatus::parse(&status).ok_or_else(|| bad(4, "status"))?,
+        sku: r.get(5)?,
+        external_id: r.get(6)?,
+        event_id: r.get(7)?,
+        amount: r.get(8)?,
+        currency: r.get(9)?,
+        created_at_ms: r.get(10)?,
+        simulated: r.get(11)?,
+    })
+}

@@ -1,0 +1,93 @@
+//! The durable action log. Two backends behind one small API: the embedded
+//! SQLite file (the default; needs no other service) and ClickHouse.
+//!
+//! Every read collapses repeats of one action id, so a batch written twice
+//! (a retry after a timeout whose first attempt did land) is harmless.
+
+mod clickhouse;
+mod embedded;
+
+pub use self::clickhouse::{ClickHouseSettings, ClickHouseStore};
+pub use self::embedded::EmbeddedStore;
+
+use crate::model::Action;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be reached or refused the operation; the caller
+    /// may retry. The message never carries credentials.
+    #[error("action store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The org and SKU a PaymentIntent was recorded for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PaymentIntentOwner {
+    pub org_id: String,
+    pub sku: String,
+}
+
+#[derive(Clone)]
+pub enum ActionStore {
+    Embedded(EmbeddedStore),
+    ClickHouse(ClickHouseStore),
+}
+
+impl ActionStore {
+    /// Creates the table and indexes when they are missing.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self {
+            ActionStore::Embedded(s) => s.migrate().await,
+            ActionStore::ClickHouse(s) => s.migrate().await,
+        }
+    }
+
+    /// Answers when the store can serve reads and writes.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            ActionStore::Embedded(s) => s.ping().await,
+            ActionStore::ClickHouse(s) => s.ping().await,
+        }
+    }
+
+    /// Writes one batch in one transaction / one INSERT. Returns only once
+    /// the rows are durable.
+    pub async fn insert_batch(&self, rows: Vec<Action>) -> Result<(), StoreError> {
+        match self {
+            ActionStore::Embedded(s) => s.insert_batch(rows).await,
+            ActionStore::ClickHouse(s) => s.insert_batch(rows).await,
+        }
+    }
+
+    /// Every action of one org, oldest first (ascending `seq`), one row per id.
+    pub async fn org_actions(&self, org_id: &str) -> Result<Vec<Action>, StoreError> {
+        match self {
+            ActionStore::Embedded(s) => s.org_actions(org_id).await,
+            ActionStore::ClickHouse(s) => s.org_actions(org_id).await,
+        }
+    }
+
+    /// The newest `limit` actions of one org, newest first.
+    pub async fn recent_actions(
+        &self,
+        org_id: &str,
+        limit: u32,
+    ) -> Result<Vec<Action>, StoreError> {
+        match self {
+            ActionStore::Embedded(s) => s.recent_actions(org_id, limit).await,
+            ActionStore::ClickHouse(s) => s.recent_actions(org_id, limit).await,
+        }
+    }
+
+    /// Which org and SKU a PaymentIntent belongs to, from any action about it.
+    /// Used when a charge or dispute arrives without metadata.
+    pub async fn payment_intent_owner(
+        &self,
+        payment_intent_id: &str,
+    ) -> Result<Option<PaymentIntentOwner>, StoreError> {
+        match self {
+            ActionStore::Embedded(s) => s.payment_intent_owner(payment_intent_id).await,
+            ActionStore::ClickHouse(s) => s.payment_intent_owner(payment_intent_id).await,
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! StripeActor: the service's side of Stripe.
+//!
+//! It creates PaymentIntents through async-stripe (against
+//! `stripe.api_base`, so tests can point it at an emulator), and it takes
+//! verified webhook events and routes each to the org it is about. Both jobs
+//! run as futures beside the actor, so one slow call never holds up another.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use ::stripe::{Client, ClientBuilder, IdempotencyKey, RequestStrategy, StripeRequest};
+use actix::prelude::*;
+use stripe_core::payment_intent::CreatePaymentIntent as StripeCreatePaymentIntent;
+
+use crate::ask::{Ask, Request};
+use crate::directory::OrgDirectory;
+use crate::model::ActionKind;
+use crate::org::{ApplyPayment, ApplyRevocation, OrgError, Outcome};
+use crate::store::ActionStore;
+use crate::stripe_event::{EventEffect, RevocationKind, StripeEvent};
+
+#[derive(Clone, Debug)]
+pub struct StripeSettings {
+    pub secret_key: String,
+    pub api_base: String,
+    pub timeout: Duration,
+}
+
+/// A failed Stripe call, with any secret removed from the message.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct StripeError(pub String);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenIntent {
+    pub payment_intent_id: String,
+    pub client_secret: String,
+    pub amount: i64,
+    pub currency: String,
+}
+
+/// Create a PaymentIntent carrying `metadata.org_id` and `metadata.sku`.
+#[derive(Message, Clone, Debug)]
+#[rtype(result = "Result<OpenIntent, StripeError>")]
+pub struct CreatePaymentIntent {
+    pub org_id: String,
+    pub sku: String,
+    pub amount: i64,
+    pub currency: String,
+    pub idempotency_key: String,
+}
+
+/// A webhook event whose signature was verified.
+#[derive(Clone, Debug)]
+pub struct HandleEvent(pub StripeEvent);
+
+impl Request for HandleEvent {
+    type Answer = Result<Outcome, OrgError>;
+}
+
+/// A configured Stripe client; built before the actor so that bad settings
+/// stop start-up.
+#[derive(Clone)]
+pub struct StripeApi {
+    client: Client,
+    secret_key: String,
+    timeout: Duration,
+}
+
+impl StripeApi {
+    pub fn new(settings: &StripeSettings) -> Result<Self, StripeError> {
+        let client = ClientBuilder::new(settings.secret_key.clone())
+            .url(settings.api_base.clone())
+            .timeout(settings.timeout)
+            .build()
+            .map_err(|e| StripeError(format!("invalid Stripe client settings: {e}")))?;
+        Ok(Self {
+            client,
+            secret_key: settings.secret_key.clone(),
+            timeout: settings.timeout,
+        })
+    }
+}
+
+pub struct StripeActor {
+    api: StripeApi,
+    directory: OrgDirectory,
+    store: ActionStore,
+    mailbox: usize,
+}
+
+impl StripeActor {
+    pub fn new(
+        api: StripeApi,
+        directory: OrgDirectory,
+        store: ActionStore,
+        mailbox: usize,
+    ) -> Self {
+        Self {
+            api,
+            directory,
+            store,
+            mailbox,
+        }
+    }
+}
+
+impl Actor for StripeActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(self.mailbox);
+    }
+}
+
+impl Handler<CreatePaymentIntent> for StripeActor {
+    type Result = ResponseFuture<Result<OpenIntent, StripeError>>;
+
+    fn handle(&mut self, msg: CreatePaymentIntent, _: &mut Context<Self>) -> Self::Result {
+        let StripeApi {
+            client,
+            secret_key,
+            timeout,
+        } = self.api.clone();
+        Box::pin(async move {
+            let currency = msg
+                .currency
+                .parse::<stripe_types::Currency>()
+                .map_err(|_| StripeError(format!("unsupported currency `{}`", msg.currency)))?;
+            let metadata = HashMap::from([
+                ("org_id".to_owned(), msg.org_id.clone()),
+                ("sku".to_owned(), msg.sku.clone()),
+            ]);
+            let key = IdempotencyKey::new(&msg.idempotency_key)
+                .map_err(|e| StripeError(format!("bad idempotency key: {e}")))?;
+            let request = StripeCreatePaymentIntent::new(msg.amount, currency)
+                .metadata(metadata)
+                .customize()
+                .request_strategy(RequestStrategy::Idempotent(key));
+            let intent = match tokio::time::timeout(timeout, request.send(&client)).await {
+                Ok(Ok(intent)) => intent,
+                Ok(Err(e)) => return Err(StripeError(redact(&describe(e), &secret_key))),
+                Err(_) => {
+                    return Err(StripeError(format!(
+                        "Stripe did not answer within {timeout:?}"
+                    )))
+                }
+            };
+            let client_secret = intent.client_secret.ok_or_else(|| {
+                StripeError("Stripe returned a PaymentIntent without a client secret".into())
+            })?;
+            tracing::info!(org_id = %msg.org_id, sku = %msg.sku, payment_intent_id = %intent.id.as_str(), "payment intent opened");
+            Ok(OpenIntent {
+                payment_intent_id: intent.id.as_str().to_owned(),
+                client_secret,
+                amount: intent.amount,
+                currency: intent.currency.to_string(),
+            })
+        })
+    }
+}
+
+fn describe(error: ::stripe::StripeError) -> String {
+    match error {
+        ::stripe::StripeError::Stripe(api, status) => format!(
+            "Stripe answered {status}: {}",
+            api.message.as_deref().unwrap_or("no message")
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// Stripe echoes (part of) a rejected key in its message; no key may reach
+/// a client or a log line.
+fn redact(message: &str, secret_key: &str) -> String {
+    message
+        .split(' ')
+        .map(|word| {
+            let is_key = ["sk_", "rk_", "pk_"].iter().any(|p| word.starts_with(p))
+                || (!secret_key.is_empty() && word.contains(secret_key));
+            if is_key {
+                "[redacted]"
+            } else {
+                word
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl Handler<Ask<HandleEvent>> for StripeActor {
+    type Result = ();
+
+    fn handle(
+        &mut self,
+        Ask {
+            request: HandleEvent(event),
+            reply,
+        }: Ask<HandleEvent>,
+        _: &mut Context<Self>,
+    ) {
+        let directory = self.directory.clone();
+        let store = self.store.clone();
+        actix::spawn(async move {
+            let _ = reply.send(route(event, &directory, &store).await);
+        });
+    }
+}
+
+/// Sends an event to the org it is about. Events that name no org of ours
+/// are acknowledged and ignored: they belong to other integrations.
+async fn route(
+    event: StripeEvent,
+    directory: &OrgDirectory,
+    store: &ActionStore,
+) -> Result<Outcome, OrgError> {
+    let event_id = event.id;
+    match event.effect {
+        EventEffect::PaymentSucceeded(facts) | EventEffect::PaymentFailed(facts) => {
+            let succeeded = event.event_type == "payment_intent.succeeded";
+            let (Some(org_id), Some(sku)) = (facts.org_id.filter(|o| valid_org_id(o)), facts.sku)
+            else {
+                tracing::info!(%event_id, "payment intent without our metadata; ignored");
+                return Ok(Outcome::Ignored);
+            };
+            let request = ApplyPayment {
+                event_id,
+                payment_intent_id: facts.payment_intent_id,
+                sku,
+                succeeded,
+                amount: facts.amount,
+                currency: facts.currency,
+            };
+            directory.ask(&org_id, request).await
+        }
+        EventEffect::Revoked(facts) => {
+            let Some(payment_intent_id) = facts.payment_intent_id else {
+                tracing::warn!(%event_id, "refund or dispute names no payment intent; ignored");
+                return Ok(Outcome::Ignored);
+            };
+            let (org_id, sku) = match facts.org_id.filter(|o| valid_org_id(o)) {
+                Some(org_id) => (org_id, facts.sku),
+                // No metadata on the charge: the PaymentIntent leads back
+                // to the org through the action log.
+                None => match store.payment_intent_owner(&payment_intent_id).await {
+                    Ok(Some(owner)) => (owner.org_id, facts.sku.or(Some(owner.sku))),
+                    Ok(None) => {
+                        tracing::warn!(%event_id, %payment_intent_id, "refund or dispute of a payment intent we never recorded; ignored");
+                        return Ok(Outcome::Ignored);
+                    }
+                    Err(e) => return Err(OrgError::PersistenceUnavailable(e.to_string())),
+                },
+            };
+            let kind = match facts.kind {
+                RevocationKind::Refund => ActionKind::Refund,
+                RevocationKind::Dispute => ActionKind::Dispute,
+            };
+            let request = ApplyRevocation {
+                event_id,
+                kind,
+                payment_intent_id,
+                sku,
+                amount: facts.amount,
+                currency: facts.currency,
+            };
+            directory.ask(&org_id, request).await
+        }
+        EventEffect::Ignored => Ok(Outcome::Ignored),
+    }
+}
+
+/// The contract's org id: 1 to 64 of `A-Za-z0-9_-`.
+pub fn valid_org_id(org_id: &str) -> bool {
+    (1..=64).contains(&org_id.len())
+        && org_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_keys_from_messages() {
+        let msg = "Invalid API Key provided: sk_test_abc123 for acct";
+        assert_eq!(
+            redact(msg, "sk_test_abc123"),
+            "Invalid API Key provided: [redacted] for acct"
+        );
+        assert_eq!(redact("key mysecret!", "mysecret"), "key [redacted]");
+    }
+
+    #[test]
+    fn org_ids_follow_the_contract() {
+        assert!(valid_org_id("acme_Co-1"));
+        assert!(!valid_org_id(""));
+        assert!(!valid_org_id("a/b"));
+        assert!(!valid_org_id(&"a".repeat(65)));
+    }
+}

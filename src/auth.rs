@@ -1,0 +1,110 @@
+//! Access tokens: HS256 JWTs with claims `org` and `exp`.
+
+use std::future::{ready, Ready};
+
+use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
+use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Claims {
+    pub org: String,
+    pub exp: u64,
+}
+
+pub fn issue_token(secret: &str, org: &str, ttl_secs: u64) -> String {
+    let claims = Claims {
+        org: org.to_owned(),
+        exp: unix_now() + ttl_secs,
+    };
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("HS256 signing cannot fail")
+}
+
+pub fn verify_token(secret: &str, token: &str) -> Result<Claims, ApiError> {
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.leeway = 0;
+    validation.set_required_spec_claims(&["exp"]);
+    let claims = decode::<Claims>(
+        token,
+        &DecodingKey::from_secret(secret.as_bytes()),
+        &validation,
+    )
+    .map_err(|e| ApiError::Unauthorized(format!("invalid access token: {e}")))?
+    .claims;
+    if !actors::stripe::valid_org_id(&claims.org) {
+        return Err(ApiError::Unauthorized(
+            "the token's org claim is not a valid org id".into(),
+        ));
+    }
+    Ok(claims)
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The caller's org, from `Authorization: Bearer <jwt>`.
+pub struct Caller {
+    pub org_id: String,
+    pub expires_at: u64,
+}
+
+/// The stream's caller: the header, or `?access_token=` since EventSource
+/// cannot set headers.
+pub struct StreamCaller(pub Caller);
+
+fn bearer(req: &HttpRequest) -> Option<&str> {
+    req.headers()
+        .get(actix_web::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+}
+
+fn authenticate(req: &HttpRequest, token: Option<&str>) -> Result<Caller, ApiError> {
+    let state = req
+        .app_data::<web::Data<AppState>>()
+        .expect("AppState is registered");
+    let token = token.ok_or_else(|| ApiError::Unauthorized("missing access token".into()))?;
+    let claims = verify_token(&state.settings.auth.jwt_secret, token)?;
+    Ok(Caller {
+        org_id: claims.org,
+        expires_at: claims.exp,
+    })
+}
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(authenticate(req, bearer(req)))
+    }
+}
+
+#[derive(Deserialize)]
+struct AccessTokenQuery {
+    access_token: String,
+}
+
+impl FromRequest for StreamCaller {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let query = web::Query::<AccessTokenQuery>::from_query(req.query_string()).ok();
+        let token = bearer(req).or(query.as_ref().map(|q| q.access_token.as_str()));
+        ready(authenticate(req, token).map(StreamCaller))
+    }
+}

@@ -1,0 +1,96 @@
+//! The HTTP boundary's errors, each rendered as the contract's envelope
+//! `{"error":{"code","message"}}`.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use actors::org::OrgError;
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("unknown sku `{0}`")]
+    UnknownSku(String),
+    #[error("the org already owns `{0}`")]
+    AlreadyEntitled(String),
+    #[error("not found")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("{0}")]
+    InvalidSignature(String),
+    #[error("{0}")]
+    InvalidPayload(String),
+    #[error("the body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("Stripe request failed: {0}")]
+    Stripe(String),
+    #[error("{0}")]
+    PersistenceUnavailable(String),
+    #[error("the service is overloaded; retry later")]
+    Overloaded,
+    #[error("{0}")]
+    StoreUnavailable(String),
+}
+
+impl ApiError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::InvalidRequest(_) => "invalid_request",
+            ApiError::UnknownSku(_) => "unknown_sku",
+            ApiError::AlreadyEntitled(_) => "already_entitled",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::InvalidSignature(_) => "invalid_signature",
+            ApiError::InvalidPayload(_) => "invalid_payload",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::Stripe(_) => "stripe_error",
+            ApiError::PersistenceUnavailable(_) => "persistence_unavailable",
+            ApiError::Overloaded => "overloaded",
+            ApiError::StoreUnavailable(_) => "store_unavailable",
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::InvalidRequest(_)
+            | ApiError::UnknownSku(_)
+            | ApiError::InvalidSignature(_)
+            | ApiError::InvalidPayload(_) => StatusCode::BAD_REQUEST,
+            ApiError::AlreadyEntitled(_) => StatusCode::CONFLICT,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Stripe(_) => StatusCode::BAD_GATEWAY,
+            ApiError::PersistenceUnavailable(_)
+            | ApiError::Overloaded
+            | ApiError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status_code())
+            .json(json!({ "error": { "code": self.code(), "message": self.to_string() } }))
+    }
+}
+
+impl From<OrgError> for ApiError {
+    fn from(e: OrgError) -> Self {
+        match e {
+            OrgError::UnknownSku(sku) => ApiError::UnknownSku(sku),
+            OrgError::AlreadyEntitled(sku) => ApiError::AlreadyEntitled(sku),
+            OrgError::Overloaded => ApiError::Overloaded,
+            OrgError::PersistenceUnavailable(msg) => {
+                ApiError::PersistenceUnavailable(format!("the action could not be recorded: {msg}"))
+            }
+            OrgError::Stripe(e) => ApiError::Stripe(e.0),
+        }
+    }
+}

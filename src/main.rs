@@ -1,0 +1,69 @@
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use entitlements::auth::issue_token;
+use entitlements::configuration::Settings;
+use entitlements::startup::Application;
+use entitlements::telemetry;
+
+/// Sells one-time packs through Stripe and turns payments into live
+/// per-org entitlements.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, default_value = "config.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a signed access token for an org (development and tests).
+    Token {
+        #[arg(long)]
+        org: String,
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: u64,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(&cli.config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Some(Command::Token { org, ttl_secs }) => {
+            if !actors::stripe::valid_org_id(&org) {
+                eprintln!("--org must be 1 to 64 of A-Za-z0-9_-");
+                return std::process::ExitCode::from(2);
+            }
+            println!("{}", issue_token(&settings.auth.jwt_secret, &org, ttl_secs));
+            std::process::ExitCode::SUCCESS
+        }
+        None => serve(settings),
+    }
+}
+
+fn serve(settings: Settings) -> std::process::ExitCode {
+    telemetry::init(settings.logging.format);
+    let result = actix::System::new().block_on(async move {
+        let app = Application::build(settings).await?;
+        tracing::info!(port = app.port(), "listening");
+        app.run_until_stopped().await?;
+        anyhow::Ok(())
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

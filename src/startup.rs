@@ -1,0 +1,182 @@
+//! Building the application: the store, the actors, and the HTTP server
+//! that routes requests to them.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, Addr, Arbiter, ArbiterHandle, AsyncContext};
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{web, App, HttpServer};
+use actors::directory::OrgDirectory;
+use actors::org::{OrgDeps, OrgSettings, Product};
+use actors::persistence::{Drain, PersistenceActor, PersistenceSettings};
+use actors::sse_hub::SseHub;
+use actors::store::{ActionStore, ClickHouseSettings, ClickHouseStore, EmbeddedStore};
+use actors::stripe::{StripeActor, StripeApi, StripeSettings};
+
+use crate::configuration::{Backend, Settings};
+use crate::routes;
+
+/// What every request handler can reach: actor addresses and settings.
+pub struct AppState {
+    pub settings: Settings,
+    pub products: Arc<[Product]>,
+    pub directory: OrgDirectory,
+    pub stripe: Addr<StripeActor>,
+    pub hub: Addr<SseHub>,
+    pub persistence: Addr<PersistenceActor>,
+}
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    persistence: Addr<PersistenceActor>,
+}
+
+/// Time a store operation may take before it counts as failed; keeps a
+/// writer's 503 within a few seconds when the store is down.
+const STORE_TIMEOUT: Duration = Duration::from_secs(3);
+const STRIPE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Application {
+    /// Opens the store, starts the actors and binds the listener. Must run
+    /// inside an actix System. Fails, starting nothing, when the store
+    /// cannot be prepared.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let store = open_store(&settings)?;
+        let stripe_settings = StripeSettings {
+            secret_key: settings.stripe.secret_key.clone(),
+            api_base: settings.stripe.api_base.clone(),
+            timeout: STRIPE_TIMEOUT,
+        };
+        let stripe_api = StripeApi::new(&stripe_settings)?;
+        store.migrate().await?;
+
+        let listener = TcpListener::bind(&settings.server.bind)?;
+        let port = listener.local_addr()?.port();
+
+        let batch_max_rows = settings.persistence.batch_max_rows;
+        let persistence_settings = PersistenceSettings {
+            batch_max_rows,
+            // ClickHouse wants few, large inserts; SQLite commits are cheap.
+            min_interval: match settings.store.backend {
+                Backend::ClickHouse => Duration::from_millis(settings.persistence.batch_max_ms),
+                Backend::Embedded => Duration::ZERO,
+            },
+            write_timeout: STORE_TIMEOUT,
+            max_pending: batch_max_rows * 8,
+        };
+        let persistence = {
+            let store = store.clone();
+            PersistenceActor::create(move |ctx| {
+                ctx.set_mailbox_capacity(batch_max_rows * 8);
+                PersistenceActor::new(store, persistence_settings)
+            })
+        };
+        let client_queue = settings.sse.client_queue;
+        let hub = SseHub::create(move |ctx| {
+            ctx.set_mailbox_capacity(65_536);
+            SseHub::new(client_queue)
+        });
+
+        let products: Arc<[Product]> = settings
+            .products
+            .iter()
+            .map(|p| Product {
+                sku: p.sku.clone(),
+                name: p.name.clone(),
+                amount: p.amount,
+                currency: p.currency.clone(),
+            })
+            .collect();
+        let org_settings = OrgSettings {
+            products: products.clone(),
+            mailbox: settings.orgs.mailbox,
+            idle_stop: Duration::from_secs(settings.orgs.idle_stop_secs),
+            recent_events: 256,
+            max_replay: 10_000,
+        };
+        // Org actors live on their own threads, one per core, so that
+        // HTTP workers only parse and route.
+        let arbiters: Vec<ArbiterHandle> = (0..std::thread::available_parallelism()
+            .map_or(2, |n| n.get()))
+            .map(|_| Arbiter::new().handle())
+            .collect();
+
+        let mut directory = None;
+        let stripe = {
+            let (store, persistence, hub) = (store.clone(), persistence.clone(), hub.clone());
+            let mailbox = settings.orgs.mailbox * 16;
+            StripeActor::create(|ctx| {
+                let deps = OrgDeps {
+                    store: store.clone(),
+                    persistence: persistence.recipient(),
+                    hub: hub.recipient(),
+                    stripe: ctx.address().recipient(),
+                    settings: org_settings,
+                };
+                let dir = OrgDirectory::new(deps, arbiters);
+                directory = Some(dir.clone());
+                StripeActor::new(stripe_api, dir, store, mailbox)
+            })
+        };
+        let directory = directory.expect("set while creating the StripeActor");
+
+        let state = web::Data::new(AppState {
+            settings: settings.clone(),
+            products,
+            directory,
+            stripe,
+            hub,
+            persistence: persistence.clone(),
+        });
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .configure(routes::configure)
+        })
+        .listen(listener)?
+        .shutdown_timeout(30)
+        .run();
+        Ok(Self {
+            port,
+            server,
+            persistence,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until SIGTERM/SIGINT (or `handle().stop()`): stops accepting,
+    /// lets in-flight requests finish, then writes every pending batch.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await?;
+        let _ = self.persistence.send(Drain).await;
+        tracing::info!("stopped; every pending action batch was written");
+        Ok(())
+    }
+}
+
+fn open_store(settings: &Settings) -> anyhow::Result<ActionStore> {
+    Ok(match settings.store.backend {
+        Backend::Embedded => ActionStore::Embedded(EmbeddedStore::new(&settings.store.path)),
+        Backend::ClickHouse => {
+            let c = &settings.clickhouse;
+            ActionStore::ClickHouse(ClickHouseStore::new(ClickHouseSettings {
+                url: c.url.clone(),
+                database: c.database.clone(),
+                user: c.user.clone(),
+                password: c.password.clone(),
+                table: c.table.clone(),
+                timeout: STORE_TIMEOUT,
+            })?)
+        }
+    })
+}
