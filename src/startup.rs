@@ -32,6 +32,7 @@ pub struct Application {
     port: u16,
     server: Server,
     persistence: Addr<PersistenceActor>,
+    org_arbiters: Vec<ArbiterHandle>,
 }
 
 /// Time a store operation may take before it counts as failed; keeps a
@@ -116,7 +117,7 @@ impl Application {
                     stripe: ctx.address().recipient(),
                     settings: org_settings,
                 };
-                let dir = OrgDirectory::new(deps, arbiters);
+                let dir = OrgDirectory::new(deps, arbiters.clone());
                 directory = Some(dir.clone());
                 StripeActor::new(stripe_api, dir, store, mailbox)
             })
@@ -143,6 +144,7 @@ impl Application {
             port,
             server,
             persistence,
+            org_arbiters: arbiters,
         })
     }
 
@@ -159,6 +161,9 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await?;
         let _ = self.persistence.send(Drain).await;
+        for arbiter in &self.org_arbiters {
+            arbiter.stop();
+        }
         tracing::info!("stopped; every pending action batch was written");
         Ok(())
     }

@@ -1,0 +1,326 @@
+//! Black-box test harness: the real application on port 0, with its own
+//! temporary config and store, driven over HTTP.
+#![allow(dead_code)] // each test file uses part of the harness
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actix_web::dev::ServerHandle;
+use entitlements::configuration::Settings;
+use entitlements::startup::Application;
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+pub const WEBHOOK_SECRET: &str = "whsec_test_secret";
+pub const OLD_WEBHOOK_SECRET: &str = "whsec_test_rotated_out";
+pub const JWT_SECRET: &str = "test-jwt-secret";
+pub const SKU: &str = "compliance-pack";
+pub const OTHER_SKU: &str = "audit-pack";
+
+/// Where localstripe listens, when the test command started it.
+pub fn localstripe_url() -> String {
+    std::env::var("LOCALSTRIPE_URL").expect(
+        "LOCALSTRIPE_URL is not set: run the tests with `tests/run`, which starts the Stripe emulator",
+    )
+}
+
+/// A config for one test: its own store file, test secrets, port 0.
+/// `extra` is TOML appended to it; later keys of a section win because the
+/// file is built section by section from `overrides`.
+pub fn config(dir: &std::path::Path, overrides: &[(&str, &str)]) -> Settings {
+    let store = dir.join("actions.db");
+    let text = format!(
+        r#"
+[server]
+bind = "127.0.0.1:0"
+[auth]
+jwt_secret = "{JWT_SECRET}"
+[stripe]
+secret_key = "sk_test_entitlements"
+publishable_key = "pk_test_entitlements"
+webhook_secrets = ["{OLD_WEBHOOK_SECRET}", "{WEBHOOK_SECRET}"]
+api_base = "http://127.0.0.1:9"
+[store]
+path = "{}"
+[[products]]
+sku = "{SKU}"
+name = "Compliance Pack"
+amount = 99900
+currency = "usd"
+[[products]]
+sku = "{OTHER_SKU}"
+name = "Audit Pack"
+amount = 25000
+currency = "usd"
+"#,
+        store.display()
+    );
+    let env = overrides
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+    Settings::from_toml(&text, env).expect("test config is valid")
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub settings: Settings,
+    pub client: reqwest::Client,
+    pub dir: Arc<tempfile::TempDir>,
+    handle: ServerHandle,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Starts the app with a fresh directory.
+pub async fn spawn(overrides: &[(&str, &str)]) -> TestApp {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    spawn_in(dir, overrides).await
+}
+
+/// Starts the app on an existing directory (a restart keeps the store).
+pub async fn spawn_in(dir: Arc<tempfile::TempDir>, overrides: &[(&str, &str)]) -> TestApp {
+    let settings = config(dir.path(), overrides);
+    spawn_with(dir, settings).await
+}
+
+pub async fn spawn_with(dir: Arc<tempfile::TempDir>, settings: Settings) -> TestApp {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let app_settings = settings.clone();
+    let thread = std::thread::spawn(move || {
+        actix::System::new().block_on(async move {
+            match Application::build(app_settings).await {
+                Ok(app) => {
+                    let _ = tx.send(Ok((app.port(), app.handle())));
+                    app.run_until_stopped().await.unwrap();
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                }
+            }
+        });
+    });
+    let (port, handle) = rx.await.unwrap().expect("app starts");
+    TestApp {
+        base: format!("http://127.0.0.1:{port}"),
+        settings,
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+        dir,
+        handle,
+        thread: Some(thread),
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn token(&self, org: &str) -> String {
+        token(JWT_SECRET, org, unix_now() + 3600)
+    }
+
+    pub async fn get(&self, org: &str, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(self.token(org))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn post(&self, org: &str, path: &str, body: Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(self.token(org))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn entitlements(&self, org: &str) -> Value {
+        let res = self.get(org, "/v1/entitlements").await;
+        assert_eq!(res.status(), 200);
+        res.json().await.unwrap()
+    }
+
+    pub async fn actions(&self, org: &str) -> Vec<Value> {
+        let res = self.get(org, "/v1/actions?limit=500").await;
+        assert_eq!(res.status(), 200);
+        let body: Value = res.json().await.unwrap();
+        body["actions"].as_array().unwrap().clone()
+    }
+
+    /// Sends `event` signed with the current webhook secret, now.
+    pub async fn webhook(&self, event: &Value) -> reqwest::Response {
+        let body = serde_json::to_vec(event).unwrap();
+        let header = sign(&body, WEBHOOK_SECRET, unix_now() as i64);
+        self.webhook_raw(body, Some(header)).await
+    }
+
+    pub async fn webhook_raw(&self, body: Vec<u8>, header: Option<String>) -> reqwest::Response {
+        let mut req = self.client.post(self.url("/webhooks/stripe")).body(body);
+        if let Some(h) = header {
+            req = req.header("Stripe-Signature", h);
+        }
+        req.header("Content-Type", "application/json")
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Graceful stop (as on SIGTERM); returns the directory for a restart.
+    pub async fn stop(mut self) -> Arc<tempfile::TempDir> {
+        self.handle.stop(true).await;
+        let thread = self.thread.take().unwrap();
+        tokio::task::spawn_blocking(move || thread.join().unwrap())
+            .await
+            .unwrap();
+        self.dir.clone()
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A Stripe-Signature header, computed here independently of the service.
+pub fn sign(body: &[u8], secret: &str, t: i64) -> String {
+    format!("t={t},v1={}", hmac_hex(body, secret, t))
+}
+
+pub fn hmac_hex(body: &[u8], secret: &str, t: i64) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// An HS256 JWT, built here independently of the service.
+pub fn token(secret: &str, org: &str, exp: u64) -> String {
+    use base64_engine::encode;
+    let header = encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let claims = encode(json!({ "org": org, "exp": exp }).to_string().as_bytes());
+    let signing_input = format!("{header}.{claims}");
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(signing_input.as_bytes());
+    format!("{signing_input}.{}", encode(&mac.finalize().into_bytes()))
+}
+
+/// base64url without padding, as JWTs use; small enough to keep here.
+mod base64_engine {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+    pub fn encode(bytes: &[u8]) -> String {
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..=chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+}
+
+pub fn payment_intent_event(
+    event_id: &str,
+    event_type: &str,
+    pi: &str,
+    org: &str,
+    sku: &str,
+) -> Value {
+    json!({
+        "id": event_id,
+        "object": "event",
+        "api_version": "2017-08-15",
+        "created": unix_now(),
+        "type": event_type,
+        "data": { "object": {
+            "id": pi,
+            "object": "payment_intent",
+            "amount": 99900,
+            "currency": "usd",
+            "status": if event_type == "payment_intent.succeeded" { "succeeded" } else { "requires_payment_method" },
+            "metadata": { "org_id": org, "sku": sku }
+        }}
+    })
+}
+
+pub fn succeeded(event_id: &str, pi: &str, org: &str) -> Value {
+    payment_intent_event(event_id, "payment_intent.succeeded", pi, org, SKU)
+}
+
+pub fn failed(event_id: &str, pi: &str, org: &str) -> Value {
+    payment_intent_event(event_id, "payment_intent.payment_failed", pi, org, SKU)
+}
+
+/// `charge.refunded` for a full refund; `owner` is the charge's metadata.
+pub fn refunded(event_id: &str, pi: &str, owner: Option<(&str, &str)>) -> Value {
+    let metadata = owner.map_or(json!({}), |(org, sku)| json!({ "org_id": org, "sku": sku }));
+    json!({
+        "id": event_id,
+        "object": "event",
+        "type": "charge.refunded",
+        "created": unix_now(),
+        "data": { "object": {
+            "id": format!("ch_{pi}"),
+            "object": "charge",
+            "payment_intent": pi,
+            "amount": 99900,
+            "amount_refunded": 99900,
+            "refunded": true,
+            "currency": "usd",
+            "metadata": metadata
+        }}
+    })
+}
+
+pub fn dispute_created(event_id: &str, pi: &str, owner: Option<(&str, &str)>) -> Value {
+    let metadata = owner.map_or(json!({}), |(org, sku)| json!({ "org_id": org, "sku": sku }));
+    json!({
+        "id": event_id,
+        "object": "event",
+        "type": "charge.dispute.created",
+        "created": unix_now(),
+        "data": { "object": {
+            "id": format!("dp_{pi}"),
+            "object": "dispute",
+            "charge": format!("ch_{pi}"),
+            "payment_intent": pi,
+            "amount": 99900,
+            "currency": "usd",
+            "metadata": metadata
+        }}
+    })
+}
+
+/// Polls `check` until it returns `Some`, for at most `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
