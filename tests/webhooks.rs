@@ -1,0 +1,402 @@
+//! `POST /webhooks/stripe`: verification, effects, exactly-once, ordering.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::*;
+use serde_json::{json, Value};
+
+async fn assert_error(res: reqwest::Response, status: u16, code: &str) {
+    assert_eq!(res.status(), status);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .is_some_and(|m| !m.is_empty()));
+}
+
+#[tokio::test]
+async fn every_rejection_leaves_no_trace() {
+    let app = spawn(&[]).await;
+    let event = succeeded("evt_reject", "pi_reject", "acme");
+    let body = serde_json::to_vec(&event).unwrap();
+    let now = unix_now() as i64;
+    let good_sig = hmac_hex(&body, WEBHOOK_SECRET, now);
+
+    let cases: Vec<(&str, Vec<u8>, Option<String>)> = vec![
+        (
+            "forged",
+            body.clone(),
+            Some(sign(&body, "whsec_attacker", now)),
+        ),
+        (
+            "stale",
+            body.clone(),
+            Some(sign(&body, WEBHOOK_SECRET, now - 301)),
+        ),
+        (
+            "future",
+            body.clone(),
+            Some(sign(&body, WEBHOOK_SECRET, now + 301)),
+        ),
+        ("missing header", body.clone(), None),
+        (
+            "garbled header",
+            body.clone(),
+            Some("t=banana,v1=xyz".into()),
+        ),
+        ("empty header", body.clone(), Some(String::new())),
+        (
+            "v0 only",
+            body.clone(),
+            Some(format!("t={now},v0={good_sig}")),
+        ),
+        (
+            "tampered body",
+            serde_json::to_vec(&succeeded("evt_reject", "pi_reject", "other")).unwrap(),
+            Some(sign(&body, WEBHOOK_SECRET, now)),
+        ),
+    ];
+    for (name, body, header) in cases {
+        let res = app.webhook_raw(body, header).await;
+        assert_eq!(res.status(), 400, "{name}");
+        let err: Value = res.json().await.unwrap();
+        assert_eq!(err["error"]["code"], "invalid_signature", "{name}");
+    }
+
+    for (name, body) in [
+        ("not json", b"this is not json".to_vec()),
+        ("not an event", br#"{"hello":"world"}"#.to_vec()),
+        (
+            "event without object",
+            br#"{"id":"evt_x","type":"payment_intent.succeeded","data":{}}"#.to_vec(),
+        ),
+        (
+            "payment intent missing fields",
+            br#"{"id":"evt_y","type":"payment_intent.succeeded","data":{"object":{"id":"pi_y"}}}"#
+                .to_vec(),
+        ),
+    ] {
+        let header = sign(&body, WEBHOOK_SECRET, now);
+        let res = app.webhook_raw(body, Some(header)).await;
+        assert_eq!(res.status(), 400, "{name}");
+        assert_eq!(
+            res.json::<Value>().await.unwrap()["error"]["code"],
+            "invalid_payload",
+            "{name}"
+        );
+    }
+
+    let mut huge = event.clone();
+    huge["data"]["object"]["description"] = json!("x".repeat(300_000));
+    let huge = serde_json::to_vec(&huge).unwrap();
+    let header = sign(&huge, WEBHOOK_SECRET, now);
+    assert_error(
+        app.webhook_raw(huge, Some(header)).await,
+        413,
+        "payload_too_large",
+    )
+    .await;
+
+    assert!(app.actions("acme").await.is_empty());
+    assert!(app.actions("other").await.is_empty());
+    assert_eq!(app.entitlements("acme").await["entitlements"][SKU], false);
+}
+
+#[tokio::test]
+async fn tolerance_is_inclusive_and_a_rotated_secret_still_verifies() {
+    let app = spawn(&[]).await;
+    let event = succeeded("evt_edge", "pi_edge", "acme");
+    let body = serde_json::to_vec(&event).unwrap();
+    let t = unix_now() as i64 - 290;
+    let res = app
+        .webhook_raw(body.clone(), Some(sign(&body, OLD_WEBHOOK_SECRET, t)))
+        .await;
+    assert_eq!(res.status(), 200);
+    // Several v1 values: one matching is enough.
+    let event = succeeded("evt_multi", "pi_multi", "acme2");
+    let body = serde_json::to_vec(&event).unwrap();
+    let now = unix_now() as i64;
+    let header = format!(
+        "t={now},v1={},v1={}",
+        "0".repeat(64),
+        hmac_hex(&body, WEBHOOK_SECRET, now)
+    );
+    assert_eq!(app.webhook_raw(body, Some(header)).await.status(), 200);
+    assert_eq!(app.entitlements("acme").await["entitlements"][SKU], true);
+    assert_eq!(app.entitlements("acme2").await["entitlements"][SKU], true);
+}
+
+#[tokio::test]
+async fn success_entitles_failure_records_and_unknown_types_are_acknowledged() {
+    let app = spawn(&[]).await;
+    let res = app.webhook(&failed("evt_f1", "pi_1", "acme")).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.json::<Value>().await.unwrap(),
+        json!({"received": true})
+    );
+    assert_eq!(app.entitlements("acme").await["entitlements"][SKU], false);
+
+    let res = app.webhook(&succeeded("evt_s1", "pi_1", "acme")).await;
+    assert_eq!(res.status(), 200);
+    let ent = app.entitlements("acme").await;
+    assert_eq!(ent["entitlements"], json!({SKU: true, OTHER_SKU: false}));
+    assert_eq!(ent["seq"], 2);
+
+    let actions = app.actions("acme").await;
+    assert_eq!(actions.len(), 2);
+    let (newest, oldest) = (&actions[0], &actions[1]);
+    assert_eq!(
+        (newest["kind"].as_str(), newest["status"].as_str()),
+        (Some("payment"), Some("delivered"))
+    );
+    assert_eq!(newest["externalId"], "pi_1");
+    assert_eq!(newest["eventId"], "evt_s1");
+    assert_eq!(newest["simulated"], false);
+    assert_eq!(
+        (oldest["kind"].as_str(), oldest["status"].as_str()),
+        (Some("payment"), Some("failed"))
+    );
+    assert_eq!(oldest["eventId"], "evt_f1");
+
+    let other = json!({"id": "evt_c1", "object": "event", "type": "customer.created", "data": {"object": {"id": "cus_1"}}});
+    let res = app.webhook(&other).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.json::<Value>().await.unwrap(),
+        json!({"received": true})
+    );
+    // A payment intent that is not ours (no metadata) is acknowledged, not applied.
+    let mut foreign = succeeded("evt_foreign", "pi_foreign", "acme");
+    foreign["data"]["object"]["metadata"] = json!({});
+    assert_eq!(app.webhook(&foreign).await.status(), 200);
+    assert_eq!(app.actions("acme").await.len(), 2);
+}
+
+#[tokio::test]
+async fn concurrent_duplicates_have_one_effect() {
+    let app = spawn(&[]).await;
+    let event = succeeded("evt_dup", "pi_dup", "acme");
+    let sends = (0..40).map(|_| app.webhook(&event));
+    let statuses: Vec<u16> = futures_util::future::join_all(sends)
+        .await
+        .iter()
+        .map(|r| r.status().as_u16())
+        .collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    // A second event about the same PaymentIntent is the same payment.
+    assert_eq!(
+        app.webhook(&succeeded("evt_dup_2", "pi_dup", "acme"))
+            .await
+            .status(),
+        200
+    );
+    let actions = app.actions("acme").await;
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    assert_eq!(app.entitlements("acme").await["seq"], 1);
+    // Each failed attempt is its own action, but each only once.
+    for _ in 0..3 {
+        for id in ["evt_fail_a", "evt_fail_b"] {
+            assert_eq!(
+                app.webhook(&failed(id, "pi_dup2", "acme")).await.status(),
+                200
+            );
+        }
+    }
+    assert_eq!(app.actions("acme").await.len(), 3);
+}
+
+#[tokio::test]
+async fn redelivery_after_a_restart_is_a_duplicate() {
+    let app = spawn(&[]).await;
+    assert_eq!(
+        app.webhook(&succeeded("evt_r1", "pi_r1", "acme"))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        app.webhook(&failed("evt_r2", "pi_r2", "acme"))
+            .await
+            .status(),
+        200
+    );
+    let dir = app.stop().await;
+
+    let app = spawn_in(dir, &[]).await;
+    let ent = app.entitlements("acme").await;
+    assert_eq!(ent["entitlements"][SKU], true);
+    assert_eq!(ent["seq"], 2);
+    assert_eq!(
+        app.webhook(&succeeded("evt_r1", "pi_r1", "acme"))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        app.webhook(&failed("evt_r2", "pi_r2", "acme"))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(app.actions("acme").await.len(), 2);
+    // The seq continues where it left off.
+    assert_eq!(
+        app.webhook(&refunded("evt_r3", "pi_r1", Some(("acme", SKU))))
+            .await
+            .status(),
+        200
+    );
+    let ent = app.entitlements("acme").await;
+    assert_eq!(ent["seq"], 3);
+    assert_eq!(ent["entitlements"][SKU], false);
+}
+
+#[tokio::test]
+async fn a_refund_or_dispute_before_the_success_still_wins() {
+    let app = spawn(&[]).await;
+    assert_eq!(
+        app.webhook(&refunded("evt_ref", "pi_ooo", Some(("acme", SKU))))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        app.webhook(&succeeded("evt_ok", "pi_ooo", "acme"))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(app.entitlements("acme").await["entitlements"][SKU], false);
+    let kinds: Vec<String> = app
+        .actions("acme")
+        .await
+        .iter()
+        .map(|a| a["kind"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(kinds, ["payment", "refund"]);
+
+    assert_eq!(
+        app.webhook(&dispute_created(
+            "evt_dsp",
+            "pi_ooo2",
+            Some(("globex", SKU))
+        ))
+        .await
+        .status(),
+        200
+    );
+    assert_eq!(
+        app.webhook(&succeeded("evt_ok2", "pi_ooo2", "globex"))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(app.entitlements("globex").await["entitlements"][SKU], false);
+}
+
+#[tokio::test]
+async fn refunds_and_disputes_revoke_what_the_payment_bought() {
+    let app = spawn(&[]).await;
+    assert_eq!(
+        app.webhook(&succeeded("evt_p", "pi_p", "acme"))
+            .await
+            .status(),
+        200
+    );
+    // A partial refund changes nothing.
+    let mut partial = refunded("evt_partial", "pi_p", Some(("acme", SKU)));
+    partial["data"]["object"]["refunded"] = json!(false);
+    partial["data"]["object"]["amount_refunded"] = json!(100);
+    assert_eq!(app.webhook(&partial).await.status(), 200);
+    assert_eq!(app.entitlements("acme").await["entitlements"][SKU], true);
+    // A charge without metadata: its PaymentIntent leads back to the org.
+    assert_eq!(
+        app.webhook(&refunded("evt_full", "pi_p", None))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(app.entitlements("acme").await["entitlements"][SKU], false);
+    let refund = &app.actions("acme").await[0];
+    assert_eq!(refund["kind"], "refund");
+    assert_eq!(refund["status"], "delivered");
+    assert_eq!(refund["externalId"], "pi_p");
+    assert_eq!(refund["sku"], SKU);
+
+    // Buying again after the refund, then a dispute without metadata.
+    assert_eq!(
+        app.webhook(&succeeded("evt_p2", "pi_p2", "acme"))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(app.entitlements("acme").await["entitlements"][SKU], true);
+    assert_eq!(
+        app.webhook(&dispute_created("evt_d2", "pi_p2", None))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(app.entitlements("acme").await["entitlements"][SKU], false);
+    assert_eq!(app.actions("acme").await[0]["kind"], "dispute");
+
+    // A refund of a PaymentIntent this service never saw is acknowledged and ignored.
+    assert_eq!(
+        app.webhook(&refunded("evt_unknown", "pi_never_seen", None))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(app.actions("acme").await.len(), 4);
+}
+
+#[tokio::test]
+async fn a_full_mailbox_is_a_503_and_stripe_retries_complete_the_work() {
+    let app = spawn(&[("ENTITLEMENTS__ORGS__MAILBOX", "1")]).await;
+    let events: Vec<Value> = (0..60)
+        .map(|i| failed(&format!("evt_burst_{i}"), &format!("pi_burst_{i}"), "busy"))
+        .collect();
+    let mut pending: Vec<&Value> = events.iter().collect();
+    let mut overloaded = 0;
+    for _round in 0..50 {
+        let results = futures_util::future::join_all(pending.iter().map(|e| app.webhook(e))).await;
+        let mut retry = Vec::new();
+        for (event, res) in pending.iter().zip(results) {
+            match res.status().as_u16() {
+                200 => {}
+                503 => {
+                    overloaded += 1;
+                    let body: Value = res.json().await.unwrap();
+                    assert_eq!(body["error"]["code"], "overloaded");
+                    retry.push(*event);
+                }
+                other => panic!("unexpected status {other}"),
+            }
+        }
+        pending = retry;
+        if pending.is_empty() {
+            break;
+        }
+    }
+    assert!(
+        pending.is_empty(),
+        "{} events never accepted",
+        pending.len()
+    );
+    assert!(
+        overloaded > 0,
+        "a mailbox of 1 under 60 concurrent events should refuse some"
+    );
+    let actions = app.actions("busy").await;
+    assert_eq!(actions.len(), 60);
+    let ids: HashSet<&str> = actions
+        .iter()
+        .map(|a| a["eventId"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 60);
+    let seqs: HashSet<u64> = actions.iter().map(|a| a["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=60).collect());
+}
