@@ -208,9 +208,15 @@ pub fn token(secret: &str, org: &str, exp: u64) -> String {
     let header = encode(br#"{"alg":"HS256","typ":"JWT"}"#);
     let claims = encode(json!({ "org": org, "exp": exp }).to_string().as_bytes());
     let signing_input = format!("{header}.{claims}");
+    let signature = jwt_signature(secret, &signing_input);
+    format!("{signing_input}.{signature}")
+}
+
+/// HMAC-SHA256 of a JWT's signing input, base64url-encoded.
+pub fn jwt_signature(secret: &str, signing_input: &str) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(signing_input.as_bytes());
-    format!("{signing_input}.{}", encode(&mac.finalize().into_bytes()))
+    base64_engine::encode(&mac.finalize().into_bytes())
 }
 
 /// base64url without padding, as JWTs use; small enough to keep here.
