@@ -3,44 +3,13 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
+use common::process::*;
 use common::*;
 use futures_util::StreamExt;
 use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_entitlements");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn write_config(dir: &Path, port: u16, extra: &str) -> std::path::PathBuf {
-    let path = dir.join("config.toml");
-    let text = format!(
-        r#"
-[server]
-bind = "127.0.0.1:{port}"
-[auth]
-jwt_secret = "{JWT_SECRET}"
-[stripe]
-webhook_secrets = ["{WEBHOOK_SECRET}"]
-api_base = "http://127.0.0.1:9"
-[store]
-path = "{}"
-{extra}
-"#,
-        dir.join("actions.db").display()
-    );
-    std::fs::write(&path, text).unwrap();
-    path
-}
 
 #[test]
 fn a_config_that_cannot_work_stops_start_up_with_one_line_naming_the_key() {
@@ -171,100 +140,12 @@ fn decode_b64url(s: &str) -> Vec<u8> {
     out
 }
 
-struct Service {
-    child: Child,
-    base: String,
-}
-
-impl Service {
-    async fn start(config: &Path, port: u16) -> Self {
-        let child = Command::new(BIN)
-            .arg("--config")
-            .arg(config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let base = format!("http://127.0.0.1:{port}");
-        let client = reqwest::Client::new();
-        eventually(Duration::from_secs(20), || {
-            let req = client.get(format!("{base}/readyz")).send();
-            async move { req.await.ok().filter(|r| r.status() == 200) }
-        })
-        .await;
-        Self { child, base }
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn send(client: &reqwest::Client, base: &str, event: &Value) -> Option<u16> {
-    let body = serde_json::to_vec(event).unwrap();
-    let header = sign(&body, WEBHOOK_SECRET, unix_now() as i64);
-    let res = client
-        .post(format!("{base}/webhooks/stripe"))
-        .header("Stripe-Signature", header)
-        .body(body)
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .ok()?;
-    Some(res.status().as_u16())
-}
-
-/// The load: per org, a failed attempt, a success, and for some a refund.
-fn load(orgs: usize) -> Vec<Value> {
-    let mut events = Vec::new();
-    for o in 0..orgs {
-        let org = format!("org{o}");
-        events.push(failed(&format!("evt_f_{o}"), &format!("pi_{o}"), &org));
-        events.push(succeeded(&format!("evt_s_{o}"), &format!("pi_{o}"), &org));
-        if o % 3 == 0 {
-            events.push(refunded(
-                &format!("evt_r_{o}"),
-                &format!("pi_{o}"),
-                Some((&org, SKU)),
-            ));
-        }
-    }
-    events
-}
-
-/// Checks every org against what its events mean, through a fresh in-process app.
-async fn check_store(dir: std::sync::Arc<tempfile::TempDir>, orgs: usize) {
-    let app = spawn_in(dir, &[]).await;
-    for o in 0..orgs {
-        let org = format!("org{o}");
-        let actions = app.actions(&org).await;
-        let expected = if o % 3 == 0 { 3 } else { 2 };
-        assert_eq!(actions.len(), expected, "{org}: {actions:?}");
-        let ent = app.entitlements(&org).await;
-        assert_eq!(ent["entitlements"][SKU], o % 3 != 0, "{org}");
-        assert_eq!(ent["seq"], expected as u64, "{org}");
-    }
-}
-
 #[tokio::test]
 async fn sigterm_drains_and_exits_zero_with_every_acknowledged_event_stored() {
     let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
     let port = free_port();
     let config = write_config(dir.path(), port, "");
-    let mut service = Service::start(&config, port).await;
+    let mut service = Service::start(&config, port, &[]).await;
     let client = reqwest::Client::new();
     let events = load(30);
     for event in &events {
@@ -290,7 +171,7 @@ async fn sigterm_drains_and_exits_zero_with_every_acknowledged_event_stored() {
     assert_eq!(status.code(), Some(0), "SIGTERM exits 0");
     let acknowledged = statuses.iter().filter(|s| **s == Some(200)).count();
 
-    check_store(dir.clone(), 30).await;
+    check_store(dir.clone(), 30, &[]).await;
     let app = spawn_in(dir, &[]).await;
     assert!(app.actions("late").await.len() >= acknowledged);
 }
@@ -303,7 +184,7 @@ async fn kill_9_mid_load_then_redelivery_until_2xx_ends_exactly_as_the_events_sa
     let client = reqwest::Client::new();
     let events = load(300);
 
-    let service = Service::start(&config, port).await;
+    let service = Service::start(&config, port, &[]).await;
     let base = service.base.clone();
     // Half the load, 32 at a time, killed once some of it is acknowledged.
     let first_half = &events[..events.len() / 2];
@@ -344,7 +225,7 @@ async fn kill_9_mid_load_then_redelivery_until_2xx_ends_exactly_as_the_events_sa
     unacknowledged.extend(first_half.iter().step_by(4));
     unacknowledged.extend(&events[events.len() / 2..]);
 
-    let service = Service::start(&config, port).await;
+    let service = Service::start(&config, port, &[]).await;
     for _round in 0..20 {
         let results = futures_util::future::join_all(
             unacknowledged
@@ -364,5 +245,5 @@ async fn kill_9_mid_load_then_redelivery_until_2xx_ends_exactly_as_the_events_sa
     }
     assert!(unacknowledged.is_empty());
     drop(service);
-    check_store(dir, 300).await;
+    check_store(dir, 300, &[]).await;
 }

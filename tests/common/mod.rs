@@ -2,6 +2,8 @@
 //! temporary config and store, driven over HTTP.
 #![allow(dead_code)] // each test file uses part of the harness
 
+pub mod process;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -329,4 +331,39 @@ where
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The ClickHouse server the test command started.
+pub fn clickhouse_url() -> String {
+    std::env::var("CLICKHOUSE_URL").expect(
+        "CLICKHOUSE_URL is not set: run the tests with `tests/run`, which starts ClickHouse",
+    )
+}
+
+/// A table name no other test uses.
+pub fn unique_table(prefix: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    format!(
+        "{prefix}_{}_{}_{n}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    )
+}
+
+/// Runs one SQL statement over ClickHouse's HTTP interface; the body of the answer.
+pub async fn clickhouse_query(sql: &str) -> String {
+    let res = reqwest::Client::new()
+        .post(clickhouse_url())
+        .body(sql.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let status = res.status();
+    let text = res.text().await.unwrap();
+    assert!(status.is_success(), "{sql}: {text}");
+    text.trim().to_owned()
 }
