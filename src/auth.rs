@@ -39,6 +39,11 @@ pub fn verify_token(secret: &str, token: &str) -> Result<Claims, ApiError> {
     )
     .map_err(|e| ApiError::Unauthorized(format!("invalid access token: {e}")))?
     .claims;
+    // RFC 7519: a token must not be accepted on or after its `exp`;
+    // jsonwebtoken only refuses `exp < now`.
+    if claims.exp <= unix_now() {
+        return Err(ApiError::Unauthorized("the access token has expired".into()));
+    }
     if !actors::stripe::valid_org_id(&claims.org) {
         return Err(ApiError::Unauthorized(
             "the token's org claim is not a valid org id".into(),

@@ -20,7 +20,15 @@ process before starting its aiohttp app:
   `_export`, so API responses, list results and webhook bodies all get the
   same shape.
 * It honours `Idempotency-Key` on POST /v1/*. localstripe ignores that
-  header, so a retried create would make a second PaymentIntent.
+  header, so a retried create would make a second PaymentIntent. Like
+  Stripe, it compares the request's parameters, not its bytes: the same
+  parameters in another order (async-stripe sends `metadata` in HashMap
+  order, which can differ from one request to the next) are the same
+  request.
+* A PaymentIntent whose payment failed can be paid again, as on Stripe:
+  attaching a new payment method makes it `requires_confirmation`.
+  localstripe derives the status from the failed charge, so it stayed
+  `requires_payment_method` and refused every further confirm.
 * Events carry `request.{id,idempotency_key}` of the API call that caused
   them, GET /v1/events lists newest first, and card declines come back as
   `card_error`, all as real Stripe does.
@@ -32,10 +40,12 @@ import argparse
 import asyncio
 import contextvars
 import hashlib
+import json
 import logging
 import os
 import pickle
 import tempfile
+import urllib.parse
 
 from aiohttp import web
 
@@ -187,9 +197,49 @@ def patch_payment_intent():
             err['payment_intent'] = self._export()
             raise
 
+    # A failed payment leaves the PI `requires_payment_method`; on Stripe,
+    # attaching a new payment method then makes it `requires_confirmation`
+    # and confirm charges again. localstripe computes the status from
+    # `latest_charge`, which stays the failed charge, so the PI could never
+    # be confirmed again. Mark the PI when a payment method is attached
+    # after a failure; it reads as `requires_confirmation` until the next
+    # confirm, which starts the new attempt from a clean `latest_charge`.
+    # The failed charge stays in the store and in `latest_charge` until
+    # then, as on Stripe.
+    orig_status = PI.status
+
+    def status(self):
+        value = orig_status.fget(self)
+        if (value == 'requires_payment_method' and self.payment_method
+                and getattr(self, '_retry_attached', False)):
+            return 'requires_confirmation'
+        return value
+
+    orig_update = PI._api_update.__func__
+
+    def _api_update(cls, id, **data):
+        obj = orig_update(cls, id, **data)
+        charge = obj.latest_charge
+        if (data.get('payment_method') and charge is not None
+                and charge.status == 'failed'):
+            obj._retry_attached = True
+        return obj
+
+    orig_create_charge = PI._create_charge
+
+    def _create_charge(self, on_failure_now):
+        if (getattr(self, '_retry_attached', False)
+                and self.status == 'requires_confirmation'):
+            self._retry_attached = False
+            self.latest_charge = None
+        return orig_create_charge(self, on_failure_now)
+
     PI.__init__ = __init__
     PI._export = _export
     PI._report_failure = _report_failure
+    PI.status = property(status)
+    PI._api_update = classmethod(_api_update)
+    PI._create_charge = _create_charge
 
 
 def patch_event(api_version):
@@ -273,11 +323,35 @@ def _idempotency_error(key):
                     'request.' % key)}}, status=400)
 
 
+def _canonical_params(body):
+    """The request's parameters, independent of their order.
+
+    Form bodies (what Stripe clients send) are sorted by name; the sort is
+    stable, so repeated names (`items[]=a&items[]=b`) keep their order,
+    which matters. JSON bodies are re-dumped with sorted keys. Anything
+    else is compared as it is.
+    """
+    try:
+        return json.dumps(json.loads(body), sort_keys=True).encode()
+    except ValueError:
+        pass
+    try:
+        pairs = urllib.parse.parse_qsl(body.decode('utf-8'),
+                                       keep_blank_values=True,
+                                       strict_parsing=True)
+    except ValueError:
+        return body
+    pairs.sort(key=lambda kv: kv[0])
+    return urllib.parse.urlencode(pairs).encode()
+
+
 async def _idempotent(request, handler, key):
     cache_key = (_api_key(request), key)
-    # Same key, different endpoint or body: Stripe rejects it, so we do too.
+    # Same key, different endpoint or parameters: Stripe rejects it, so we
+    # do too.
     fingerprint = hashlib.sha256(
-        request.path.encode() + b'\0' + await request.read()).hexdigest()
+        request.path.encode() + b'\0' +
+        _canonical_params(await request.read())).hexdigest()
 
     lock = _key_locks.setdefault(cache_key, asyncio.Lock())
     async with lock:
