@@ -42,7 +42,9 @@ pub fn verify_token(secret: &str, token: &str) -> Result<Claims, ApiError> {
     // RFC 7519: a token must not be accepted on or after its `exp`;
     // jsonwebtoken only refuses `exp < now`.
     if claims.exp <= unix_now() {
-        return Err(ApiError::Unauthorized("the access token has expired".into()));
+        return Err(ApiError::Unauthorized(
+            "the access token has expired".into(),
+        ));
     }
     if !actors::stripe::valid_org_id(&claims.org) {
         return Err(ApiError::Unauthorized(

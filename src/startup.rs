@@ -14,6 +14,7 @@ use actors::persistence::{Drain, PersistenceActor, PersistenceSettings};
 use actors::sse_hub::SseHub;
 use actors::store::{ActionStore, ClickHouseSettings, ClickHouseStore, EmbeddedStore};
 use actors::stripe::{StripeActor, StripeApi, StripeSettings};
+use tokio::sync::watch;
 
 use crate::configuration::{Backend, Settings};
 use crate::routes;
@@ -21,6 +22,9 @@ use crate::routes;
 /// What every request handler can reach: actor addresses and settings.
 pub struct AppState {
     pub settings: Settings,
+    /// Turns true when the service is stopping: open streams end, so that
+    /// a graceful stop is not held up by browsers (they resume elsewhere).
+    pub closing: watch::Receiver<bool>,
     pub products: Arc<[Product]>,
     pub directory: OrgDirectory,
     pub stripe: Addr<StripeActor>,
@@ -31,6 +35,7 @@ pub struct AppState {
 pub struct Application {
     port: u16,
     server: Server,
+    stopper: Stopper,
     persistence: Addr<PersistenceActor>,
     org_arbiters: Vec<ArbiterHandle>,
 }
@@ -124,8 +129,10 @@ impl Application {
         };
         let directory = directory.expect("set while creating the StripeActor");
 
+        let (closing_tx, closing) = watch::channel(false);
         let state = web::Data::new(AppState {
             settings: settings.clone(),
+            closing,
             products,
             directory,
             stripe,
@@ -139,10 +146,16 @@ impl Application {
         })
         .listen(listener)?
         .shutdown_timeout(30)
+        .disable_signals() // handled in run_until_stopped, to end streams first
         .run();
+        let stopper = Stopper {
+            server: server.handle(),
+            closing: Arc::new(closing_tx),
+        };
         Ok(Self {
             port,
             server,
+            stopper,
             persistence,
             org_arbiters: arbiters,
         })
@@ -152,13 +165,20 @@ impl Application {
         self.port
     }
 
-    pub fn handle(&self) -> ServerHandle {
-        self.server.handle()
+    /// Stops the application as SIGTERM does.
+    pub fn stopper(&self) -> Stopper {
+        self.stopper.clone()
     }
 
     /// Serves until SIGTERM/SIGINT (or `handle().stop()`): stops accepting,
     /// lets in-flight requests finish, then writes every pending batch.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let stopper = self.stopper.clone();
+        actix::spawn(async move {
+            wait_for_stop_signal().await;
+            tracing::info!("stop signal received; draining");
+            stopper.stop().await;
+        });
         self.server.await?;
         let _ = self.persistence.send(Drain).await;
         for arbiter in &self.org_arbiters {
@@ -166,6 +186,35 @@ impl Application {
         }
         tracing::info!("stopped; every pending action batch was written");
         Ok(())
+    }
+}
+
+/// Ends streams, stops accepting, and waits for in-flight requests.
+#[derive(Clone)]
+pub struct Stopper {
+    server: ServerHandle,
+    closing: Arc<watch::Sender<bool>>,
+}
+
+impl Stopper {
+    pub async fn stop(&self) {
+        let _ = self.closing.send(true);
+        self.server.stop(true).await;
+    }
+}
+
+async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot listen for SIGTERM/SIGINT; stop the process another way");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
     }
 }
 

@@ -858,7 +858,9 @@ async fn resume_after_a_restart_replays_the_missed_events_from_the_store() {
         // More missed events than the org keeps in memory (256), so an old
         // id can only be served from the store.
         const FAILED: u64 = 300;
-        let app = spawn(&[]).await;
+        // Frequent keep-alives: the server notices the dropped stream (and
+        // the graceful stop below does not wait for it).
+        let app = spawn(&[("ENTITLEMENTS__SSE__KEEP_ALIVE_SECS", "1")]).await;
         let mut s = open(&app, "acme").await;
         assert_snapshot(&s.next_event().await, "acme", 0, ents(false, false));
         simulate(&app, "acme", SKU).await; // 1
@@ -923,7 +925,7 @@ async fn resume_after_a_restart_replays_the_missed_events_from_the_store() {
 #[tokio::test]
 async fn resume_after_a_restart_with_a_small_gap() {
     bounded(90, async {
-        let app = spawn(&[]).await;
+        let app = spawn(&[("ENTITLEMENTS__SSE__KEEP_ALIVE_SECS", "1")]).await;
         simulate(&app, "acme", SKU).await; // 1
         deliver(&app, &failed("evt_f2", "pi_f2", "acme")).await; // 2
         let mut s = open(&app, "acme").await;
@@ -969,6 +971,60 @@ async fn resume_after_a_restart_with_a_small_gap() {
     .await;
 }
 
+/// The org actor stops when idle (its memory of recent events goes with
+/// it); a stream still open meanwhile keeps getting changes, and a resume
+/// afterwards is served from the store.
+#[tokio::test]
+async fn resume_after_the_org_actor_went_idle() {
+    bounded(60, async {
+        let app = spawn(&[("ENTITLEMENTS__ORGS__IDLE_STOP_SECS", "1")]).await;
+        let mut open_tab = open(&app, "acme").await;
+        assert_snapshot(&open_tab.next_event().await, "acme", 0, ents(false, false));
+        simulate(&app, "acme", SKU).await; // 1
+        deliver(&app, &failed("evt_f2", "pi_f2", "acme")).await; // 2
+        deliver(
+            &app,
+            &refunded("evt_r3", "pi_simulated_acme_1", Some(("acme", SKU))),
+        )
+        .await; // 3
+        eventually(Duration::from_secs(15), || async {
+            (metric(&app, "entitlements_live_org_actors").await == 0).then_some(())
+        })
+        .await;
+
+        let actions = action_ids(&app, "acme").await; // wakes the org again
+        let mut r = resume(&app, "acme", "1").await;
+        let a = r.next_event().await;
+        let b = r.next_event().await;
+        assert_failed(&a, "acme", 2, "pi_f2", &actions[&2]);
+        assert_changed(
+            &b,
+            "acme",
+            3,
+            SKU,
+            "refund",
+            &actions[&3],
+            &ents(false, false),
+        );
+
+        // The tab that stayed open across the actor's stop got 1..=3, then
+        // gets the next change like the resumed one.
+        let got: Vec<Frame> = vec![
+            open_tab.next_event().await,
+            open_tab.next_event().await,
+            open_tab.next_event().await,
+        ];
+        assert_eq!(ids(&got), [1, 2, 3]);
+        simulate(&app, "acme", OTHER_SKU).await; // 4
+        for c in [&mut open_tab, &mut r] {
+            let e = c.next_event().await;
+            assert_eq!((e.event(), e.id()), (CHANGED, 4), "{e:?}");
+            assert_eq!(e.json()["entitlements"], ents(false, true));
+        }
+    })
+    .await;
+}
+
 // ---------------------------------------------------------------------------
 // 6. Keep-alive.
 
@@ -1004,7 +1060,8 @@ async fn keep_alive_comments_arrive_with_no_events() {
 async fn the_stream_ends_when_the_token_expires() {
     bounded(60, async {
         let app = spawn(&[("ENTITLEMENTS__SSE__KEEP_ALIVE_SECS", "1")]).await;
-        let short = token(JWT_SECRET, "acme", unix_now() + 3);
+        let exp = unix_now() + 3;
+        let short = token(JWT_SECRET, "acme", exp);
         let res = request_stream(&app, None, Some(&short), None).await;
         let mut s = SseClient::from_response(res);
         assert_snapshot(&s.next_event().await, "acme", 0, ents(false, false));
@@ -1015,7 +1072,10 @@ async fn the_stream_ends_when_the_token_expires() {
         let rest = s.events_until_end(Duration::from_secs(15)).await;
         assert!(rest.is_empty(), "{rest:?}");
 
-        // The same token cannot reopen it.
+        // Once past exp, the same token cannot reopen it.
+        while unix_now() <= exp {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let res = request_stream(&app, None, Some(&short), None).await;
         assert_eq!(res.status(), 401);
         connections_become(&app, 0, Duration::from_secs(10)).await;
@@ -1034,6 +1094,34 @@ async fn the_stream_ends_at_expiry_even_with_the_default_keep_alive() {
         assert_snapshot(&s.next_event().await, "acme", 0, ents(false, false));
         let rest = s.events_until_end(Duration::from_secs(10)).await;
         assert!(rest.is_empty(), "{rest:?}");
+    })
+    .await;
+}
+
+/// RFC 7519 §4.1.4: `exp` is the time "on or after which the JWT MUST NOT be
+/// accepted". A token whose exp is the current second is expired; the stream
+/// would also have nothing to live for (it ends at exp).
+#[tokio::test]
+async fn a_token_at_its_exp_second_is_refused() {
+    bounded(30, async {
+        let app = spawn(&[]).await;
+        // Start just after a second begins, so the request is made within
+        // the second `exp` (the check below would pass anyway after it).
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        let into_second = Duration::from_nanos(u64::from(since_epoch.subsec_nanos()));
+        tokio::time::sleep(Duration::from_millis(1010) - into_second).await;
+        let exp = unix_now();
+        let t = token(JWT_SECRET, "acme", exp);
+        let res = request_stream(&app, Some(&t), None, None).await;
+        let status = res.status();
+        let body = res.text().await.unwrap_or_default();
+        // If the clock moved on meanwhile, the token is past exp anyway.
+        assert_eq!(
+            status, 401,
+            "a token with exp = now ({exp}) was accepted; answer: {body:?}"
+        );
     })
     .await;
 }
@@ -1165,8 +1253,10 @@ async fn a_slow_client_is_dropped_and_loses_nothing_on_reconnect() {
 
 #[tokio::test]
 async fn connections_return_to_zero_after_clients_disconnect() {
-    bounded(90, async {
-        let app = spawn(&[]).await;
+    bounded(60, async {
+        // A closed connection is only noticed when a write to it fails, so
+        // keep-alives must be frequent for this to be quick.
+        let app = spawn(&[("ENTITLEMENTS__SSE__KEEP_ALIVE_SECS", "1")]).await;
         assert_eq!(metric(&app, "entitlements_stream_connections").await, 0);
         let mut a = open(&app, "acme").await;
         let mut b = open(&app, "acme").await;
@@ -1179,7 +1269,7 @@ async fn connections_return_to_zero_after_clients_disconnect() {
         // One tab goes away; the others stay subscribed and live.
         drop(a);
         let started = tokio::time::Instant::now();
-        connections_become(&app, 2, Duration::from_secs(30)).await;
+        connections_become(&app, 2, Duration::from_secs(10)).await;
         eprintln!("one disconnect noticed after {:?}", started.elapsed());
         simulate(&app, "acme", SKU).await;
         assert_eq!(b.next_event().await.id(), 1);
@@ -1187,8 +1277,44 @@ async fn connections_return_to_zero_after_clients_disconnect() {
         drop(b);
         drop(c);
         let started = tokio::time::Instant::now();
-        connections_become(&app, 0, Duration::from_secs(30)).await;
+        connections_become(&app, 0, Duration::from_secs(10)).await;
         eprintln!("all disconnects noticed after {:?}", started.elapsed());
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// Shutdown with open streams.
+
+/// Streams never finish on their own (they last until the token expires), so
+/// a graceful stop must end them rather than wait for them: otherwise every
+/// stop with a browser connected takes the full shutdown timeout, and an
+/// orchestrator's SIGKILL may come before the final flush. The browsers
+/// reconnect with `Last-Event-ID` and lose nothing.
+#[tokio::test]
+async fn graceful_stop_is_not_held_up_by_open_streams() {
+    bounded(90, async {
+        let app = spawn(&[]).await;
+        simulate(&app, "acme", SKU).await;
+        let mut s = open(&app, "acme").await;
+        assert_snapshot(&s.next_event().await, "acme", 1, ents(true, false));
+
+        // The stop completes promptly (not after the 30s shutdown timeout)...
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let stop = tokio::spawn(async move { app.stop().await });
+        let dir = tokio::time::timeout_at(deadline, stop)
+            .await
+            .expect("graceful stop with an open stream took more than 10s")
+            .unwrap();
+        // ...and the stream has ended (the server closed it).
+        let rest = s.events_until_end(Duration::from_secs(5)).await;
+        assert!(rest.is_empty(), "{rest:?}");
+
+        // And the store is whole for the next start.
+        let app = spawn_in(dir, &[]).await;
+        let mut r = resume(&app, "acme", "0").await;
+        let e = r.next_event().await;
+        assert_eq!((e.event(), e.id()), (CHANGED, 1), "{e:?}");
     })
     .await;
 }

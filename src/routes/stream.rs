@@ -73,9 +73,16 @@ pub async fn stream(
     let live = ReceiverStream::new(subscription.events)
         .filter(move |e| std::future::ready(e.seq > last_sent));
     let until_expiry = Duration::from_secs(caller.expires_at.saturating_sub(unix_now()));
+    let mut closing = state.closing.clone();
+    let end = async move {
+        tokio::select! {
+            _ = tokio::time::sleep(until_expiry) => {}
+            _ = closing.wait_for(|closing| *closing) => {}
+        }
+    };
     let events = stream::iter(first)
         .chain(live)
-        .take_until(Box::pin(tokio::time::sleep(until_expiry)))
+        .take_until(Box::pin(end))
         .map(move |event| {
             let _keep_subscribed = &guard;
             Ok(sse::Event::Data(

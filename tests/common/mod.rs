@@ -7,9 +7,8 @@ pub mod process;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use actix_web::dev::ServerHandle;
 use entitlements::configuration::Settings;
-use entitlements::startup::Application;
+use entitlements::startup::{Application, Stopper};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
@@ -69,7 +68,7 @@ pub struct TestApp {
     pub settings: Settings,
     pub client: reqwest::Client,
     pub dir: Arc<tempfile::TempDir>,
-    handle: ServerHandle,
+    stopper: Stopper,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -92,7 +91,7 @@ pub async fn spawn_with(dir: Arc<tempfile::TempDir>, settings: Settings) -> Test
         actix::System::new().block_on(async move {
             match Application::build(app_settings).await {
                 Ok(app) => {
-                    let _ = tx.send(Ok((app.port(), app.handle())));
+                    let _ = tx.send(Ok((app.port(), app.stopper())));
                     app.run_until_stopped().await.unwrap();
                 }
                 Err(e) => {
@@ -101,7 +100,7 @@ pub async fn spawn_with(dir: Arc<tempfile::TempDir>, settings: Settings) -> Test
             }
         });
     });
-    let (port, handle) = rx.await.unwrap().expect("app starts");
+    let (port, stopper) = rx.await.unwrap().expect("app starts");
     TestApp {
         base: format!("http://127.0.0.1:{port}"),
         settings,
@@ -110,7 +109,7 @@ pub async fn spawn_with(dir: Arc<tempfile::TempDir>, settings: Settings) -> Test
             .build()
             .unwrap(),
         dir,
-        handle,
+        stopper,
         thread: Some(thread),
     }
 }
@@ -176,7 +175,7 @@ impl TestApp {
 
     /// Graceful stop (as on SIGTERM); returns the directory for a restart.
     pub async fn stop(mut self) -> Arc<tempfile::TempDir> {
-        self.handle.stop(true).await;
+        self.stopper.stop().await;
         let thread = self.thread.take().unwrap();
         tokio::task::spawn_blocking(move || thread.join().unwrap())
             .await
