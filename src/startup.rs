@@ -9,6 +9,7 @@ use actix::{Actor, Addr, Arbiter, ArbiterHandle, AsyncContext};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
 use actors::directory::OrgDirectory;
+use actors::metrics::Metrics;
 use actors::org::{OrgDeps, OrgSettings, Product};
 use actors::persistence::{Drain, PersistenceActor, PersistenceSettings};
 use actors::sse_hub::SseHub;
@@ -30,6 +31,7 @@ pub struct AppState {
     pub stripe: Addr<StripeActor>,
     pub hub: Addr<SseHub>,
     pub persistence: Addr<PersistenceActor>,
+    pub metrics: Metrics,
 }
 
 pub struct Application {
@@ -51,6 +53,7 @@ impl Application {
     /// cannot be prepared.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let store = open_store(&settings)?;
+        let metrics = Metrics::new();
         let stripe_settings = StripeSettings {
             secret_key: settings.stripe.secret_key.clone(),
             api_base: settings.stripe.api_base.clone(),
@@ -74,16 +77,17 @@ impl Application {
             max_pending: batch_max_rows * 8,
         };
         let persistence = {
-            let store = store.clone();
+            let (store, metrics) = (store.clone(), metrics.clone());
             PersistenceActor::create(move |ctx| {
                 ctx.set_mailbox_capacity(batch_max_rows * 8);
-                PersistenceActor::new(store, persistence_settings)
+                PersistenceActor::new(store, persistence_settings, metrics)
             })
         };
         let client_queue = settings.sse.client_queue;
+        let hub_metrics = metrics.clone();
         let hub = SseHub::create(move |ctx| {
             ctx.set_mailbox_capacity(65_536);
-            SseHub::new(client_queue)
+            SseHub::new(client_queue, hub_metrics)
         });
 
         let products: Arc<[Product]> = settings
@@ -121,10 +125,11 @@ impl Application {
                     hub: hub.recipient(),
                     stripe: ctx.address().recipient(),
                     settings: org_settings,
+                    metrics: metrics.clone(),
                 };
                 let dir = OrgDirectory::new(deps, arbiters.clone());
                 directory = Some(dir.clone());
-                StripeActor::new(stripe_api, dir, store, mailbox)
+                StripeActor::new(stripe_api, dir, store, mailbox, metrics.clone())
             })
         };
         let directory = directory.expect("set while creating the StripeActor");
@@ -138,6 +143,7 @@ impl Application {
             stripe,
             hub,
             persistence: persistence.clone(),
+            metrics,
         });
         let server = HttpServer::new(move || {
             App::new()

@@ -21,9 +21,11 @@ async fn health_ready_and_metrics() {
     assert_eq!(res.status(), 200);
     let text = res.text().await.unwrap();
     assert!(
-        text.contains("# TYPE entitlements_persist_rows_total counter"),
+        text.contains("# TYPE entitlements_persist_rows counter"),
         "{text}"
     );
+    assert!(text.contains("entitlements_live_org_actors 0"), "{text}");
+    assert!(text.ends_with("# EOF\n"), "{text}");
 }
 
 #[tokio::test]

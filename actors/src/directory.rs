@@ -13,6 +13,7 @@ use actix::prelude::*;
 use dashmap::DashMap;
 
 use crate::ask::{ask, Ask, AskError, Request};
+use crate::metrics::Mailbox;
 use crate::org::{OrgActor, OrgDeps, OrgError};
 
 #[derive(Clone)]
@@ -33,11 +34,6 @@ impl OrgDirectory {
             deps: Arc::new(deps),
             arbiters: arbiters.into(),
         }
-    }
-
-    /// Number of org actors alive now.
-    pub fn live(&self) -> usize {
-        self.actors.len()
     }
 
     fn actor(&self, org_id: &str) -> Addr<OrgActor> {
@@ -74,7 +70,10 @@ impl OrgDirectory {
             let addr = self.actor(org_id);
             match ask(&addr, request.clone()).await {
                 Ok(answer) => return answer,
-                Err(AskError::Full(_)) => return Err(OrgError::Overloaded),
+                Err(AskError::Full(_)) => {
+                    self.deps.metrics.mailbox_full(Mailbox::Org);
+                    return Err(OrgError::Overloaded);
+                }
                 Err(AskError::Stopped(r)) => request = r,
                 Err(AskError::Dropped) => {}
             }

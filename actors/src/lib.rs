@@ -7,6 +7,7 @@
 pub mod ask;
 pub mod directory;
 pub mod ledger;
+pub mod metrics;
 pub mod model;
 pub mod org;
 pub mod org_event;

@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 
 use crate::ask::{Ask, Request};
 use crate::ledger::Ledger;
+use crate::metrics::Metrics;
 use crate::model::{now_ms, Action, ActionKind, ActionStatus};
 use crate::org_event::{Entitlements, OrgEvent, Snapshot};
 use crate::persistence::{Persist, PersistError};
@@ -154,6 +155,7 @@ pub struct OrgDeps {
     pub hub: Recipient<Publish>,
     pub stripe: Recipient<CreatePaymentIntent>,
     pub settings: OrgSettings,
+    pub metrics: Metrics,
 }
 
 enum State {
@@ -308,6 +310,7 @@ impl Actor for OrgActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        self.deps.metrics.live_org_actors.inc();
         ctx.set_mailbox_capacity(self.deps.settings.mailbox);
         let store = self.deps.store.clone();
         let org_id = self.org_id.clone();
@@ -346,6 +349,7 @@ impl Actor for OrgActor {
     fn stopping(&mut self, ctx: &mut Context<Self>) -> Running {
         let me = ctx.address();
         self.registry.remove_if(&self.org_id, |_, addr| *addr == me);
+        self.deps.metrics.live_org_actors.dec();
         Running::Stop
     }
 }

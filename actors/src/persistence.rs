@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
+use crate::metrics::{Mailbox, Metrics};
 use crate::model::Action;
 use crate::store::{ActionStore, StoreError};
 
@@ -77,13 +78,14 @@ pub struct PersistenceActor {
     backoff: Duration,
     drain_waiters: Vec<oneshot::Sender<()>>,
     stats: PersistenceStats,
+    metrics: Metrics,
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 impl PersistenceActor {
-    pub fn new(store: ActionStore, settings: PersistenceSettings) -> Self {
+    pub fn new(store: ActionStore, settings: PersistenceSettings, metrics: Metrics) -> Self {
         Self {
             store,
             settings,
@@ -95,6 +97,7 @@ impl PersistenceActor {
             backoff: MIN_BACKOFF,
             drain_waiters: Vec::new(),
             stats: PersistenceStats::default(),
+            metrics,
         }
     }
 
@@ -142,6 +145,7 @@ impl PersistenceActor {
         let store = self.store.clone();
         let timeout = self.settings.write_timeout;
         let row_count = rows.len() as u64;
+        self.metrics.batch_rows.observe(row_count as f64);
         let write = async move {
             match tokio::time::timeout(timeout, store.insert_batch(rows)).await {
                 Ok(result) => result,
@@ -152,8 +156,11 @@ impl PersistenceActor {
         };
         ctx.spawn(write.into_actor(self).map(move |result, act, ctx| {
             act.in_flight = false;
+            act.metrics.flush_seconds.observe(now.elapsed().as_secs_f64());
             match result {
                 Ok(()) => {
+                    act.metrics.persisted_batches.inc();
+                    act.metrics.persisted_rows.inc_by(row_count);
                     act.stats.batches += 1;
                     act.stats.rows += row_count;
                     act.retry_at = None;
@@ -165,6 +172,7 @@ impl PersistenceActor {
                 Err(StoreError::Unavailable(msg)) => {
                     tracing::warn!(error = %msg, rows = row_count, backoff_ms = act.backoff.as_millis() as u64, "action batch not stored");
                     act.stats.failed_batches += 1;
+                    act.metrics.store_errors.inc();
                     act.retry_at = Some(Instant::now() + act.backoff);
                     act.backoff = (act.backoff * 2).min(MAX_BACKOFF);
                     let err = PersistError::Unavailable(msg);
@@ -198,6 +206,7 @@ impl Handler<Persist> for PersistenceActor {
                 "store failed recently; next attempt in {wait_ms} ms"
             ))));
         } else if self.pending.len() >= self.settings.max_pending {
+            self.metrics.mailbox_full(Mailbox::Persistence);
             let _ = tx.send(Err(PersistError::Overloaded));
         } else {
             self.pending.push_back((action, tx));

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use tokio::sync::mpsc;
 
+use crate::metrics::Metrics;
 use crate::org_event::OrgEvent;
 
 pub type SubscriberId = u64;
@@ -43,34 +44,20 @@ pub struct Publish {
     pub event: Arc<OrgEvent>,
 }
 
-/// Connection counts, for tests, metrics and benchmarks.
-#[derive(Message)]
-#[rtype(result = "HubStats")]
-pub struct GetHubStats;
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct HubStats {
-    pub orgs: usize,
-    pub connections: usize,
-    pub dropped_slow: u64,
-}
-
 pub struct SseHub {
     client_queue: usize,
     next_id: SubscriberId,
     subscribers: HashMap<String, Vec<(SubscriberId, mpsc::Sender<Arc<OrgEvent>>)>>,
-    connections: usize,
-    dropped_slow: u64,
+    metrics: Metrics,
 }
 
 impl SseHub {
-    pub fn new(client_queue: usize) -> Self {
+    pub fn new(client_queue: usize, metrics: Metrics) -> Self {
         Self {
             client_queue: client_queue.max(1),
             next_id: 0,
             subscribers: HashMap::new(),
-            connections: 0,
-            dropped_slow: 0,
+            metrics,
         }
     }
 }
@@ -90,7 +77,7 @@ impl Handler<Subscribe> for SseHub {
             .entry(msg.org_id)
             .or_default()
             .push((id, tx));
-        self.connections += 1;
+        self.metrics.stream_connections.inc();
         MessageResult(Subscription { id, events: rx })
     }
 }
@@ -102,7 +89,9 @@ impl Handler<Unsubscribe> for SseHub {
         if let Some(list) = self.subscribers.get_mut(&msg.org_id) {
             let before = list.len();
             list.retain(|(id, _)| *id != msg.id);
-            self.connections -= before - list.len();
+            self.metrics
+                .stream_connections
+                .dec_by((before - list.len()) as i64);
             if list.is_empty() {
                 self.subscribers.remove(&msg.org_id);
             }
@@ -130,22 +119,12 @@ impl Handler<Publish> for SseHub {
         if slow > 0 {
             tracing::info!(org_id = %msg.org_id, slow, "dropped stream connections that could not keep up");
         }
-        self.dropped_slow += slow;
-        self.connections -= before - list.len();
+        self.metrics.stream_dropped_slow.inc_by(slow);
+        self.metrics
+            .stream_connections
+            .dec_by((before - list.len()) as i64);
         if list.is_empty() {
             self.subscribers.remove(&msg.org_id);
         }
-    }
-}
-
-impl Handler<GetHubStats> for SseHub {
-    type Result = MessageResult<GetHubStats>;
-
-    fn handle(&mut self, _: GetHubStats, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(HubStats {
-            orgs: self.subscribers.len(),
-            connections: self.connections,
-            dropped_slow: self.dropped_slow,
-        })
     }
 }

@@ -14,6 +14,7 @@ use stripe_core::payment_intent::CreatePaymentIntent as StripeCreatePaymentInten
 
 use crate::ask::{Ask, Request};
 use crate::directory::OrgDirectory;
+use crate::metrics::{EventOutcome, Metrics};
 use crate::model::ActionKind;
 use crate::org::{ApplyPayment, ApplyRevocation, OrgError, Outcome};
 use crate::store::ActionStore;
@@ -87,6 +88,7 @@ pub struct StripeActor {
     directory: OrgDirectory,
     store: ActionStore,
     mailbox: usize,
+    metrics: Metrics,
 }
 
 impl StripeActor {
@@ -95,12 +97,14 @@ impl StripeActor {
         directory: OrgDirectory,
         store: ActionStore,
         mailbox: usize,
+        metrics: Metrics,
     ) -> Self {
         Self {
             api,
             directory,
             store,
             mailbox,
+            metrics,
         }
     }
 }
@@ -201,8 +205,16 @@ impl Handler<Ask<HandleEvent>> for StripeActor {
     ) {
         let directory = self.directory.clone();
         let store = self.store.clone();
+        let metrics = self.metrics.clone();
         actix::spawn(async move {
-            let _ = reply.send(route(event, &directory, &store).await);
+            let answer = route(event, &directory, &store).await;
+            match answer {
+                Ok(Outcome::Recorded) => metrics.event(EventOutcome::Applied),
+                Ok(Outcome::Duplicate) => metrics.event(EventOutcome::Duplicate),
+                Ok(Outcome::Ignored) => metrics.event(EventOutcome::Ignored),
+                Err(_) => {}
+            }
+            let _ = reply.send(answer);
         });
     }
 }

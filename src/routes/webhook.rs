@@ -1,10 +1,12 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use actors::ask::{ask, AskError};
+use actors::metrics::{Mailbox, WebhookOutcome};
 use actors::org::Outcome;
 use actors::stripe::HandleEvent;
 use actors::{signature, stripe_event};
 use futures_util::StreamExt;
 use serde_json::json;
+use tracing::Instrument;
 
 use crate::auth::unix_now;
 use crate::error::ApiError;
@@ -17,6 +19,26 @@ pub async fn stripe_webhook(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let result = handle(&req, payload, &state).await;
+    state.metrics.webhook(match &result {
+        Ok(Outcome::Recorded) => WebhookOutcome::Recorded,
+        Ok(Outcome::Duplicate) => WebhookOutcome::Duplicate,
+        Ok(Outcome::Ignored) => WebhookOutcome::Ignored,
+        Err(ApiError::InvalidSignature(_)) => WebhookOutcome::InvalidSignature,
+        Err(ApiError::PayloadTooLarge(_)) => WebhookOutcome::TooLarge,
+        Err(ApiError::Overloaded) => WebhookOutcome::Overloaded,
+        Err(ApiError::PersistenceUnavailable(_)) => WebhookOutcome::Unavailable,
+        Err(_) => WebhookOutcome::InvalidPayload,
+    });
+    result?;
+    Ok(HttpResponse::Ok().json(json!({ "received": true })))
+}
+
+async fn handle(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<Outcome, ApiError> {
     let body = read_limited(payload, state.settings.server.max_body_bytes).await?;
     let header = req
         .headers()
@@ -34,22 +56,28 @@ pub async fn stripe_webhook(
     let event = stripe_event::parse(&body).map_err(|e| ApiError::InvalidPayload(e.to_string()))?;
 
     let span = tracing::info_span!("webhook", event_id = %event.id, event_type = %event.event_type);
-    let _entered = span.enter();
-    let outcome = match ask(&state.stripe, HandleEvent(event)).await {
-        Ok(answer) => answer?,
-        Err(AskError::Full(_)) => return Err(ApiError::Overloaded),
-        Err(AskError::Stopped(_) | AskError::Dropped) => {
-            return Err(ApiError::PersistenceUnavailable(
-                "the service is stopping".into(),
-            ))
+    async move {
+        let outcome = match ask(&state.stripe, HandleEvent(event)).await {
+            Ok(answer) => answer?,
+            Err(AskError::Full(_)) => {
+                state.metrics.mailbox_full(Mailbox::Stripe);
+                return Err(ApiError::Overloaded);
+            }
+            Err(AskError::Stopped(_) | AskError::Dropped) => {
+                return Err(ApiError::PersistenceUnavailable(
+                    "the service is stopping".into(),
+                ))
+            }
+        };
+        match outcome {
+            Outcome::Recorded => tracing::debug!("webhook applied"),
+            Outcome::Duplicate => tracing::info!("duplicate webhook acknowledged"),
+            Outcome::Ignored => tracing::debug!("webhook not acted on"),
         }
-    };
-    match outcome {
-        Outcome::Recorded => tracing::debug!("webhook applied"),
-        Outcome::Duplicate => tracing::info!("duplicate webhook acknowledged"),
-        Outcome::Ignored => tracing::debug!("webhook not acted on"),
+        Ok(outcome)
     }
-    Ok(HttpResponse::Ok().json(json!({ "received": true })))
+    .instrument(span)
+    .await
 }
 
 /// The raw body, refused with 413 as soon as it grows past `limit`.

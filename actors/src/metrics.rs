@@ -1,0 +1,244 @@
+//! The service's metrics, one registry per application (so several apps in
+//! one process, as in tests, do not mix their numbers). Actors record into
+//! it; the HTTP side renders it at `/metrics`.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum WebhookOutcome {
+    Recorded,
+    Duplicate,
+    Ignored,
+    InvalidSignature,
+    InvalidPayload,
+    TooLarge,
+    Overloaded,
+    Unavailable,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    pub outcome: WebhookOutcome,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum EventOutcome {
+    Applied,
+    Duplicate,
+    Ignored,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub outcome: EventOutcome,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Mailbox {
+    Org,
+    Stripe,
+    Persistence,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MailboxLabels {
+    pub mailbox: Mailbox,
+}
+
+/// Label values in Prometheus' snake_case rather than the variant names.
+macro_rules! snake_case_label {
+    ($ty:ty { $($variant:ident => $name:literal),* $(,)? }) => {
+        impl EncodeLabelValue for $ty {
+            fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+                use std::fmt::Write;
+                encoder.write_str(match self { $(Self::$variant => $name),* })
+            }
+        }
+    };
+}
+
+snake_case_label!(WebhookOutcome {
+    Recorded => "recorded",
+    Duplicate => "duplicate",
+    Ignored => "ignored",
+    InvalidSignature => "invalid_signature",
+    InvalidPayload => "invalid_payload",
+    TooLarge => "too_large",
+    Overloaded => "overloaded",
+    Unavailable => "unavailable",
+});
+snake_case_label!(EventOutcome { Applied => "applied", Duplicate => "duplicate", Ignored => "ignored" });
+snake_case_label!(Mailbox { Org => "org", Stripe => "stripe", Persistence => "persistence" });
+
+#[derive(Clone)]
+pub struct Metrics(Arc<Inner>);
+
+pub struct Inner {
+    registry: Registry,
+    pub webhooks: Family<WebhookLabels, Counter>,
+    pub events: Family<EventLabels, Counter>,
+    pub batch_rows: Histogram,
+    pub flush_seconds: Histogram,
+    pub persisted_batches: Counter,
+    pub persisted_rows: Counter,
+    pub store_errors: Counter,
+    pub stream_connections: Gauge,
+    pub stream_dropped_slow: Counter,
+    pub live_org_actors: Gauge,
+    pub mailbox_full: Family<MailboxLabels, Counter>,
+    pub reconciled_events: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("entitlements");
+        let inner = Inner {
+            webhooks: Family::default(),
+            events: Family::default(),
+            batch_rows: Histogram::new(exponential_buckets(1.0, 4.0, 9)),
+            flush_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            persisted_batches: Counter::default(),
+            persisted_rows: Counter::default(),
+            store_errors: Counter::default(),
+            stream_connections: Gauge::default(),
+            stream_dropped_slow: Counter::default(),
+            live_org_actors: Gauge::default(),
+            mailbox_full: Family::default(),
+            reconciled_events: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "webhooks",
+            "Webhook requests by outcome",
+            inner.webhooks.clone(),
+        );
+        registry.register(
+            "events",
+            "Stripe events by what became of them",
+            inner.events.clone(),
+        );
+        registry.register(
+            "persist_batch_rows",
+            "Rows per action batch written",
+            inner.batch_rows.clone(),
+        );
+        registry.register(
+            "persist_flush_seconds",
+            "Time to write one action batch",
+            inner.flush_seconds.clone(),
+        );
+        registry.register(
+            "persist_batches",
+            "Action batches written",
+            inner.persisted_batches.clone(),
+        );
+        registry.register(
+            "persist_rows",
+            "Action rows written",
+            inner.persisted_rows.clone(),
+        );
+        registry.register(
+            "store_errors",
+            "Store operations that failed",
+            inner.store_errors.clone(),
+        );
+        registry.register(
+            "stream_connections",
+            "Open stream connections",
+            inner.stream_connections.clone(),
+        );
+        registry.register(
+            "stream_dropped_slow",
+            "Stream connections dropped because their queue was full",
+            inner.stream_dropped_slow.clone(),
+        );
+        registry.register(
+            "live_org_actors",
+            "Org actors alive now",
+            inner.live_org_actors.clone(),
+        );
+        registry.register(
+            "mailbox_full",
+            "Requests refused because a mailbox was full",
+            inner.mailbox_full.clone(),
+        );
+        registry.register(
+            "reconciled_events",
+            "Events applied by reconciliation with the Stripe Events API",
+            inner.reconciled_events.clone(),
+        );
+        Self(Arc::new(Inner { registry, ..inner }))
+    }
+
+    pub fn webhook(&self, outcome: WebhookOutcome) {
+        self.0
+            .webhooks
+            .get_or_create(&WebhookLabels { outcome })
+            .inc();
+    }
+
+    pub fn event(&self, outcome: EventOutcome) {
+        self.0.events.get_or_create(&EventLabels { outcome }).inc();
+    }
+
+    pub fn mailbox_full(&self, mailbox: Mailbox) {
+        self.0
+            .mailbox_full
+            .get_or_create(&MailboxLabels { mailbox })
+            .inc();
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.0.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+impl std::ops::Deref for Metrics {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_names_and_values() {
+        let metrics = Metrics::new();
+        metrics.webhook(WebhookOutcome::Recorded);
+        metrics.persisted_rows.inc_by(3);
+        metrics.live_org_actors.inc();
+        let text = metrics.render();
+        assert!(
+            text.contains("entitlements_webhooks_total{outcome=\"recorded\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE entitlements_persist_rows counter"),
+            "{text}"
+        );
+        assert!(text.contains("entitlements_persist_rows_total 3"), "{text}");
+        assert!(text.contains("entitlements_live_org_actors 1"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}
