@@ -12,6 +12,7 @@ use actors::directory::OrgDirectory;
 use actors::metrics::Metrics;
 use actors::org::{OrgDeps, OrgSettings, Product};
 use actors::persistence::{Drain, PersistenceActor, PersistenceSettings};
+use actors::reconciler::Reconciler;
 use actors::sse_hub::SseHub;
 use actors::store::{ActionStore, ClickHouseSettings, ClickHouseStore, EmbeddedStore};
 use actors::stripe::{StripeActor, StripeApi, StripeSettings};
@@ -129,10 +130,15 @@ impl Application {
                 };
                 let dir = OrgDirectory::new(deps, arbiters.clone());
                 directory = Some(dir.clone());
-                StripeActor::new(stripe_api, dir, store, mailbox, metrics.clone())
+                StripeActor::new(stripe_api.clone(), dir, store, mailbox, metrics.clone())
             })
         };
         let directory = directory.expect("set while creating the StripeActor");
+        if settings.stripe.reconcile_interval_secs > 0 {
+            let interval = Duration::from_secs(settings.stripe.reconcile_interval_secs);
+            let (stripe, store, metrics) = (stripe.clone(), store.clone(), metrics.clone());
+            Reconciler::new(stripe_api, stripe, store, interval, metrics).start();
+        }
 
         let (closing_tx, closing) = watch::channel(false);
         let state = web::Data::new(AppState {

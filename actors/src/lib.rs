@@ -12,6 +12,7 @@ pub mod model;
 pub mod org;
 pub mod org_event;
 pub mod persistence;
+pub mod reconciler;
 pub mod signature;
 pub mod sse_hub;
 pub mod store;

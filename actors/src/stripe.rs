@@ -83,6 +83,88 @@ impl StripeApi {
     }
 }
 
+/// One page of `GET /v1/events`, newest first, each event as raw JSON.
+pub struct EventPage {
+    pub events: Vec<Vec<u8>>,
+    /// The id of the last (oldest) event on the page, to page on from.
+    pub last_id: Option<String>,
+    pub has_more: bool,
+}
+
+#[derive(serde::Serialize)]
+struct ListEventsQuery<'a> {
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    created: CreatedRange,
+    limit: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    starting_after: Option<&'a str>,
+}
+
+#[derive(serde::Serialize)]
+struct CreatedRange {
+    gte: i64,
+}
+
+impl StripeApi {
+    /// Lists events of one type created at or after `since` (Unix seconds).
+    /// Read as raw JSON, not as async-stripe's typed events, for the same
+    /// reason webhooks are: the account's API version may differ.
+    pub async fn list_events(
+        &self,
+        event_type: &str,
+        since: i64,
+        starting_after: Option<&str>,
+    ) -> Result<EventPage, StripeError> {
+        use miniserde::json::Value;
+        let query = ListEventsQuery {
+            event_type,
+            created: CreatedRange { gte: since },
+            limit: 100,
+            starting_after,
+        };
+        let request = stripe_client_core::RequestBuilder::new(
+            stripe_client_core::StripeMethod::Get,
+            "/events",
+        )
+        .query(&query)
+        .customize::<Value>();
+        let page = match tokio::time::timeout(self.timeout, request.send(&self.client)).await {
+            Ok(Ok(page)) => page,
+            Ok(Err(e)) => return Err(StripeError(redact(&describe(e), &self.secret_key))),
+            Err(_) => {
+                return Err(StripeError(format!(
+                    "Stripe did not answer within {:?}",
+                    self.timeout
+                )))
+            }
+        };
+        let Value::Object(page) = page else {
+            return Err(StripeError("the event list is not an object".into()));
+        };
+        let has_more = matches!(page.get("has_more"), Some(Value::Bool(true)));
+        let Some(Value::Array(data)) = page.get("data") else {
+            return Err(StripeError("the event list has no data".into()));
+        };
+        let last_id = match data.last() {
+            Some(Value::Object(event)) => match event.get("id") {
+                Some(Value::String(id)) => Some(id.clone()),
+                _ => None,
+            },
+            _ => None,
+        };
+        let events = data
+            .iter()
+            .map(|event| miniserde::json::to_string(event).into_bytes())
+            .collect();
+        Ok(EventPage {
+            events,
+            last_id,
+            has_more,
+        })
+    }
+}
+
 pub struct StripeActor {
     api: StripeApi,
     directory: OrgDirectory,

@@ -2,6 +2,7 @@
 //! temporary config and store, driven over HTTP.
 #![allow(dead_code)] // each test file uses part of the harness
 
+pub mod localstripe;
 pub mod process;
 
 use std::sync::Arc;

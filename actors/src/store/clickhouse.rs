@@ -269,6 +269,22 @@ impl ClickHouseStore {
         }))
     }
 
+    /// When the newest action caused by a Stripe event was recorded.
+    pub async fn newest_event_action_ms(&self) -> Result<Option<i64>, StoreError> {
+        // max() over no rows is 0 on every version; 0 means none.
+        let sql = format!(
+            "SELECT max(created_at_ms) FROM `{}` WHERE event_id != ''",
+            self.table
+        );
+        let newest = self
+            .bounded(
+                "newest_event_action_ms",
+                self.client.query(&sql).fetch_one::<i64>(),
+            )
+            .await?;
+        Ok((newest > 0).then_some(newest))
+    }
+
     /// Runs one operation under the configured timeout and turns every
     /// failure into `Unavailable`, scrubbed of the password.
     async fn bounded<T>(

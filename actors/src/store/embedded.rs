@@ -177,6 +177,18 @@ impl EmbeddedStore {
         })
         .await
     }
+
+    /// When the newest action caused by a Stripe event was recorded.
+    pub async fn newest_event_action_ms(&self) -> Result<Option<i64>, StoreError> {
+        self.with_conn(|c| {
+            c.query_row(
+                "SELECT max(created_at_ms) FROM actions WHERE event_id IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )
+        })
+        .await
+    }
 }
 
 fn open(path: &Path) -> rusqlite::Result<Connection> {

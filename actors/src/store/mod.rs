@@ -79,6 +79,15 @@ impl ActionStore {
         }
     }
 
+    /// When the newest action caused by a Stripe event was recorded (Unix
+    /// ms): where reconciliation with Stripe's Events API picks up.
+    pub async fn newest_event_action_ms(&self) -> Result<Option<i64>, StoreError> {
+        match self {
+            ActionStore::Embedded(s) => s.newest_event_action_ms().await,
+            ActionStore::ClickHouse(s) => s.newest_event_action_ms().await,
+        }
+    }
+
     /// Which org and SKU a PaymentIntent belongs to, from any action about it.
     /// Used when a charge or dispute arrives without metadata.
     pub async fn payment_intent_owner(
