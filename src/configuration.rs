@@ -9,6 +9,8 @@ use std::path::Path;
 use serde::{Deserialize, Deserializer};
 
 pub const DEVELOPMENT_JWT_SECRET: &str = "dev-only-secret";
+const PLACEHOLDER_SECRET_KEY: &str = "sk_test_...";
+const PLACEHOLDER_WEBHOOK_SECRET: &str = "whsec_...";
 const ENV_PREFIX: &str = "ENTITLEMENTS__";
 
 #[derive(Debug, thiserror::Error)]
@@ -173,9 +175,9 @@ impl Default for AuthSettings {
 impl Default for StripeSettings {
     fn default() -> Self {
         Self {
-            secret_key: "sk_test_...".into(),
+            secret_key: PLACEHOLDER_SECRET_KEY.into(),
             publishable_key: "pk_test_...".into(),
-            webhook_secrets: vec!["whsec_...".into()],
+            webhook_secrets: vec![PLACEHOLDER_WEBHOOK_SECRET.into()],
             api_base: "https://api.stripe.com".into(),
             tolerance_secs: 300,
             reconcile_interval_secs: 300,
@@ -307,13 +309,31 @@ impl Settings {
         if self.auth.jwt_secret.is_empty() {
             return fail("auth.jwt_secret", "must not be empty");
         }
-        if self.server.environment == Environment::Production
-            && self.auth.jwt_secret == DEVELOPMENT_JWT_SECRET
-        {
-            return fail(
-                "auth.jwt_secret",
-                "production must not use the development secret",
-            );
+        if self.server.environment == Environment::Production {
+            // The development placeholders of config.toml must not go live.
+            let development = [
+                (
+                    "auth.jwt_secret",
+                    self.auth.jwt_secret == DEVELOPMENT_JWT_SECRET,
+                ),
+                (
+                    "stripe.secret_key",
+                    self.stripe.secret_key == PLACEHOLDER_SECRET_KEY,
+                ),
+                (
+                    "stripe.webhook_secrets",
+                    self.stripe
+                        .webhook_secrets
+                        .iter()
+                        .any(|s| s == PLACEHOLDER_WEBHOOK_SECRET),
+                ),
+            ];
+            if let Some((key, _)) = development
+                .iter()
+                .find(|(_, is_development)| *is_development)
+            {
+                return fail(key, "production must not use the development value");
+            }
         }
         if self.stripe.webhook_secrets.is_empty()
             || self.stripe.webhook_secrets.iter().any(String::is_empty)
@@ -445,6 +465,14 @@ mod tests {
                 "products[0].amount",
             ),
             ("[server]\nenvironment = \"production\"", "auth.jwt_secret"),
+            (
+                "[server]\nenvironment = \"production\"\n[auth]\njwt_secret = \"s3cret\"",
+                "stripe.secret_key",
+            ),
+            (
+                "[server]\nenvironment = \"production\"\n[auth]\njwt_secret = \"s3cret\"\n[stripe]\nsecret_key = \"sk_live_x\"",
+                "stripe.webhook_secrets",
+            ),
             ("[server]\nbogus = 1", "server"),
         ];
         for (text, key) in cases {
