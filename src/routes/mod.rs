@@ -1,13 +1,13 @@
 //! HTTP routes: each translates a request into a message and the answer
 //! back into JSON. No business logic lives here.
 
-mod billing;
-mod entitlements;
-mod health;
-mod metrics;
-mod page;
-mod stream;
-mod webhook;
+pub(crate) mod billing;
+pub(crate) mod entitlements;
+pub(crate) mod health;
+pub(crate) mod metrics;
+pub(crate) mod page;
+pub(crate) mod stream;
+pub(crate) mod webhook;
 
 use actix_web::{web, HttpResponse};
 
@@ -30,6 +30,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(get("/healthz", health::healthz))
     .service(get("/readyz", health::readyz))
     .service(get("/metrics", metrics::metrics))
+    .service(get("/openapi.json", crate::openapi::openapi_json))
     .service(get("/v1/billing/products", billing::products))
     .service(post("/v1/billing/payment-intents", billing::payment_intent))
     .service(post(

@@ -9,8 +9,19 @@ const PAGE: &str = include_str!("../page.html");
 const DEMO_ORG: &str = "demo";
 const DEMO_TOKEN_TTL_SECS: u64 = 3600;
 
-/// The demo purchase page. In development it carries a token for the demo
-/// org; in production the embedding app hands it one (`#token=`).
+/// The demo purchase page.
+///
+/// In development it carries a token for the demo org; in production the
+/// embedding app hands it one (`#token=`).
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "page",
+    responses(
+        (status = 200, description = "The demo purchase page.", body = String,
+            content_type = "text/html"),
+    ),
+)]
 pub async fn page(state: web::Data<AppState>) -> HttpResponse {
     let (token, environment) = match state.settings.server.environment {
         Environment::Development => (

@@ -16,6 +16,34 @@ use crate::startup::AppState;
 
 /// The org's live stream: a snapshot (or the missed events after
 /// `Last-Event-ID`), then every change, until the token expires.
+///
+/// Server-sent events, each with `id: <seq>`:
+/// - `org.entitlements.snapshot`, data `Snapshot`: first on every
+///   connection, except that a reconnect with `Last-Event-ID` whose missed
+///   events are still known gets those events, in order, instead;
+/// - `org.entitlements.changed`, data `EntitlementsChanged`;
+/// - `org.payment.failed`, data `PaymentFailed`.
+///
+/// A comment line comes at least every `sse.keep_alive_secs`. The connection
+/// ends when the token expires; a client that cannot keep up is disconnected
+/// and reconnects with `Last-Event-ID`, losing nothing. The token may be given
+/// as `?access_token=` since EventSource cannot set headers.
+#[utoipa::path(
+    get,
+    path = "/v1/stream",
+    tag = "entitlements",
+    security(("bearerAuth" = []), ("accessToken" = [])),
+    params(crate::openapi::LastEventId),
+    responses(
+        (status = 200, description = "A `text/event-stream` of the org's events.",
+            body = String, content_type = "text/event-stream",
+            example = "event: org.entitlements.snapshot\nid: 3\ndata: {\"orgId\":\"acme\",\"entitlements\":{\"compliance-pack\":true},\"seq\":3}\n\n"),
+        (status = 401, description = "`unauthorized`: the access token (header or `access_token`) is missing, malformed, badly signed or expired.",
+            body = crate::openapi::ErrorBody),
+        (status = 503, description = "`overloaded` (the org's mailbox is full) or `persistence_unavailable` (the org could not be loaded).",
+            body = crate::openapi::ErrorBody),
+    ),
+)]
 pub async fn stream(
     req: HttpRequest,
     StreamCaller(caller): StreamCaller,

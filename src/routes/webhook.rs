@@ -5,15 +5,53 @@ use actors::org::Outcome;
 use actors::stripe::HandleEvent;
 use actors::{signature, stripe_event};
 use futures_util::StreamExt;
-use serde_json::json;
+use serde::Serialize;
 use tracing::Instrument;
+use utoipa::ToSchema;
 
 use crate::auth::unix_now;
 use crate::error::ApiError;
+use crate::openapi::ErrorBody;
 use crate::startup::AppState;
+
+/// The webhook's answer once the event is taken care of.
+#[derive(Serialize, ToSchema)]
+pub struct Received {
+    #[schema(example = true)]
+    received: bool,
+}
 
 /// Stripe's webhook: verify, parse, hand to the StripeActor, and answer 200
 /// only once the effect is durable (or the event is a duplicate or not ours).
+///
+/// The raw body is checked against `Stripe-Signature`: HMAC-SHA256 of
+/// `"{t}.{body}"` with any configured webhook secret, `t` within
+/// `stripe.tolerance_secs` of now. Acts on `payment_intent.succeeded`,
+/// `payment_intent.payment_failed`, `charge.refunded` (fully refunded) and
+/// `charge.dispute.created`; each event has one effect however often it comes.
+#[utoipa::path(
+    post,
+    path = "/webhooks/stripe",
+    tag = "webhooks",
+    params(
+        ("Stripe-Signature" = String, Header,
+            description = "`t=<unix>,v1=<hex>[,v1=<hex>...]`: the signature of the raw body.",
+            example = "t=1700000000,v1=5257a869e7ecebeda32affa62cdca3fa51cad7e77a0e56ff536d0ce8e108d8bd"),
+    ),
+    request_body(content = crate::openapi::StripeEvent, content_type = "application/json",
+        description = "A Stripe event, signed as sent by Stripe (at most `server.max_body_bytes`)."),
+    responses(
+        (status = 200, description = "The event's effect is durably recorded, or it is a duplicate, or a type the service does not act on.",
+            body = Received),
+        (status = 400, description = "`invalid_signature`: no `v1` matches a configured secret, or `t` is outside the tolerance; `invalid_payload`: the body is not a Stripe event.",
+            body = ErrorBody,
+            example = json!({"error": {"code": "invalid_signature", "message": "no signature matches"}})),
+        (status = 413, description = "`payload_too_large`: the body is larger than `server.max_body_bytes`.",
+            body = ErrorBody),
+        (status = 503, description = "`persistence_unavailable`: the effect could not be recorded; `overloaded`: the org's mailbox is full. Stripe retries; nothing is half-applied.",
+            body = ErrorBody),
+    ),
+)]
 pub async fn stripe_webhook(
     req: HttpRequest,
     payload: web::Payload,
@@ -31,7 +69,7 @@ pub async fn stripe_webhook(
         Err(_) => WebhookOutcome::InvalidPayload,
     });
     result?;
-    Ok(HttpResponse::Ok().json(json!({ "received": true })))
+    Ok(HttpResponse::Ok().json(Received { received: true }))
 }
 
 async fn handle(
