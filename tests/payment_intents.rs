@@ -302,3 +302,35 @@ async fn a_key_stripe_rejects_is_a_bad_gateway_without_the_key() {
     assert!(stripe.payment_intents_for(&org, SKU).await.is_empty());
     assert!(app.actions(&org).await.is_empty());
 }
+
+#[tokio::test]
+async fn a_metadata_less_refund_before_the_success_is_placed_through_stripe_and_wins() {
+    let app = spawn_on_localstripe().await;
+    let stripe = LocalStripe::new();
+    let org = unique_org("early-refund");
+    let intent = create_intent(&app, &org, SKU).await;
+    let pi = id_of(&intent);
+    // The charge's refund arrives first and names only the PaymentIntent.
+    let res = app
+        .webhook(&refunded(&format!("evt_refund_{org}"), &pi, None))
+        .await;
+    assert_eq!(res.status(), 200);
+    let actions = app.actions(&org).await;
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    assert_eq!(actions[0]["kind"], "refund");
+    assert_eq!(actions[0]["sku"], SKU);
+    // Then the success: recorded, but the refund wins.
+    assert_eq!(stripe.pay(&pi, GOOD_CARD).await.0, 200);
+    let res = app
+        .webhook(&succeeded(&format!("evt_paid_{org}"), &pi, &org))
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(app.actions(&org).await.len(), 2);
+    assert_eq!(app.entitlements(&org).await["entitlements"][SKU], false);
+
+    // A PaymentIntent Stripe does not know is not ours: acknowledged, ignored.
+    let res = app
+        .webhook(&refunded("evt_refund_foreign", "pi_not_on_stripe", None))
+        .await;
+    assert_eq!(res.status(), 200);
+}

@@ -10,14 +10,16 @@ use std::time::Duration;
 
 use ::stripe::{Client, ClientBuilder, IdempotencyKey, RequestStrategy, StripeRequest};
 use actix::prelude::*;
-use stripe_core::payment_intent::CreatePaymentIntent as StripeCreatePaymentIntent;
+use stripe_core::payment_intent::{
+    CreatePaymentIntent as StripeCreatePaymentIntent, RetrievePaymentIntent,
+};
 
 use crate::ask::{Ask, Request};
 use crate::directory::OrgDirectory;
 use crate::metrics::{EventOutcome, Metrics};
 use crate::model::ActionKind;
 use crate::org::{ApplyPayment, ApplyRevocation, OrgError, Outcome};
-use crate::store::ActionStore;
+use crate::store::{ActionStore, PaymentIntentOwner};
 use crate::stripe_event::{EventEffect, RevocationKind, StripeEvent};
 
 #[derive(Clone, Debug)]
@@ -107,6 +109,35 @@ struct CreatedRange {
 }
 
 impl StripeApi {
+    /// The org and SKU in a PaymentIntent's metadata; `None` when Stripe
+    /// does not know it or it carries none.
+    pub async fn payment_intent_owner(
+        &self,
+        payment_intent_id: &str,
+    ) -> Result<Option<PaymentIntentOwner>, StripeError> {
+        let request = RetrievePaymentIntent::new(payment_intent_id);
+        let intent = match tokio::time::timeout(self.timeout, request.send(&self.client)).await {
+            Ok(Ok(intent)) => intent,
+            Ok(Err(::stripe::StripeError::Stripe(_, 404))) => return Ok(None),
+            Ok(Err(e)) => return Err(StripeError(redact(&describe(e), &self.secret_key))),
+            Err(_) => {
+                return Err(StripeError(format!(
+                    "Stripe did not answer within {:?}",
+                    self.timeout
+                )))
+            }
+        };
+        Ok(
+            match (intent.metadata.get("org_id"), intent.metadata.get("sku")) {
+                (Some(org_id), Some(sku)) => Some(PaymentIntentOwner {
+                    org_id: org_id.clone(),
+                    sku: sku.clone(),
+                }),
+                _ => None,
+            },
+        )
+    }
+
     /// Lists events of one type created at or after `since` (Unix seconds).
     /// Read as raw JSON, not as async-stripe's typed events, for the same
     /// reason webhooks are: the account's API version may differ.
@@ -169,7 +200,6 @@ pub struct StripeActor {
     api: StripeApi,
     directory: OrgDirectory,
     store: ActionStore,
-    mailbox: usize,
     metrics: Metrics,
 }
 
@@ -178,14 +208,12 @@ impl StripeActor {
         api: StripeApi,
         directory: OrgDirectory,
         store: ActionStore,
-        mailbox: usize,
         metrics: Metrics,
     ) -> Self {
         Self {
             api,
             directory,
             store,
-            mailbox,
             metrics,
         }
     }
@@ -193,10 +221,6 @@ impl StripeActor {
 
 impl Actor for StripeActor {
     type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.set_mailbox_capacity(self.mailbox);
-    }
 }
 
 impl Handler<CreatePaymentIntent> for StripeActor {
@@ -285,11 +309,12 @@ impl Handler<Ask<HandleEvent>> for StripeActor {
         }: Ask<HandleEvent>,
         _: &mut Context<Self>,
     ) {
+        let api = self.api.clone();
         let directory = self.directory.clone();
         let store = self.store.clone();
         let metrics = self.metrics.clone();
         actix::spawn(async move {
-            let answer = route(event, &directory, &store).await;
+            let answer = route(event, &api, &directory, &store).await;
             match answer {
                 Ok(Outcome::Recorded) => metrics.event(EventOutcome::Applied),
                 Ok(Outcome::Duplicate) => metrics.event(EventOutcome::Duplicate),
@@ -305,6 +330,7 @@ impl Handler<Ask<HandleEvent>> for StripeActor {
 /// are acknowledged and ignored: they belong to other integrations.
 async fn route(
     event: StripeEvent,
+    api: &StripeApi,
     directory: &OrgDirectory,
     store: &ActionStore,
 ) -> Result<Outcome, OrgError> {
@@ -335,13 +361,19 @@ async fn route(
             let (org_id, sku) = match facts.org_id.filter(|o| valid_org_id(o)) {
                 Some(org_id) => (org_id, facts.sku),
                 // No metadata on the charge: the PaymentIntent leads back
-                // to the org through the action log.
+                // to the org through the action log or, when it arrives
+                // before the payment's success, through Stripe itself.
                 None => match store.payment_intent_owner(&payment_intent_id).await {
                     Ok(Some(owner)) => (owner.org_id, facts.sku.or(Some(owner.sku))),
-                    Ok(None) => {
-                        tracing::warn!(%event_id, %payment_intent_id, "refund or dispute of a payment intent we never recorded; ignored");
-                        return Ok(Outcome::Ignored);
-                    }
+                    Ok(None) => match api.payment_intent_owner(&payment_intent_id).await? {
+                        Some(owner) if valid_org_id(&owner.org_id) => {
+                            (owner.org_id, facts.sku.or(Some(owner.sku)))
+                        }
+                        _ => {
+                            tracing::warn!(%event_id, %payment_intent_id, "refund or dispute of a payment intent that is not ours; ignored");
+                            return Ok(Outcome::Ignored);
+                        }
+                    },
                     Err(e) => return Err(OrgError::PersistenceUnavailable(e.to_string())),
                 },
             };
