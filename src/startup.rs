@@ -8,6 +8,7 @@ use std::time::Duration;
 use actix::{Actor, Addr, Arbiter, ArbiterHandle, AsyncContext};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
+use actors::ask::Bounded;
 use actors::directory::OrgDirectory;
 use actors::metrics::Metrics;
 use actors::org::{OrgDeps, OrgSettings, Product};
@@ -29,7 +30,7 @@ pub struct AppState {
     pub closing: watch::Receiver<bool>,
     pub products: Arc<[Product]>,
     pub directory: OrgDirectory,
-    pub stripe: Addr<StripeActor>,
+    pub stripe: Bounded<StripeActor>,
     pub hub: Addr<SseHub>,
     pub persistence: Addr<PersistenceActor>,
     pub metrics: Metrics,
@@ -86,10 +87,7 @@ impl Application {
         };
         let client_queue = settings.sse.client_queue;
         let hub_metrics = metrics.clone();
-        let hub = SseHub::create(move |ctx| {
-            ctx.set_mailbox_capacity(65_536);
-            SseHub::new(client_queue, hub_metrics)
-        });
+        let hub = SseHub::new(client_queue, hub_metrics).start();
 
         let products: Arc<[Product]> = settings
             .products
@@ -118,7 +116,6 @@ impl Application {
         let mut directory = None;
         let stripe = {
             let (store, persistence, hub) = (store.clone(), persistence.clone(), hub.clone());
-            let mailbox = settings.orgs.mailbox * 16;
             StripeActor::create(|ctx| {
                 let deps = OrgDeps {
                     store: store.clone(),
@@ -130,9 +127,11 @@ impl Application {
                 };
                 let dir = OrgDirectory::new(deps, arbiters.clone());
                 directory = Some(dir.clone());
-                StripeActor::new(stripe_api.clone(), dir, store, mailbox, metrics.clone())
+                StripeActor::new(stripe_api.clone(), dir, store, metrics.clone())
             })
         };
+        // Webhooks and reconciliation share the StripeActor's bound.
+        let stripe = Bounded::new(stripe, settings.orgs.mailbox * 16);
         let directory = directory.expect("set while creating the StripeActor");
         if settings.stripe.reconcile_interval_secs > 0 {
             let interval = Duration::from_secs(settings.stripe.reconcile_interval_secs);

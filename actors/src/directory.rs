@@ -12,13 +12,13 @@ use std::sync::Arc;
 use actix::prelude::*;
 use dashmap::DashMap;
 
-use crate::ask::{ask, Ask, AskError, Request};
+use crate::ask::{Ask, AskError, Bounded, Request};
 use crate::metrics::Mailbox;
 use crate::org::{OrgActor, OrgDeps, OrgError};
 
 #[derive(Clone)]
 pub struct OrgDirectory {
-    actors: Arc<DashMap<String, Addr<OrgActor>>>,
+    actors: Arc<DashMap<String, Bounded<OrgActor>>>,
     deps: Arc<OrgDeps>,
     arbiters: Arc<[ArbiterHandle]>,
 }
@@ -36,9 +36,9 @@ impl OrgDirectory {
         }
     }
 
-    fn actor(&self, org_id: &str) -> Addr<OrgActor> {
-        if let Some(addr) = self.actors.get(org_id).filter(|a| a.connected()) {
-            return addr.clone();
+    fn actor(&self, org_id: &str) -> Bounded<OrgActor> {
+        if let Some(actor) = self.actors.get(org_id).filter(|a| a.connected()) {
+            return actor.clone();
         }
         let mut entry = self
             .actors
@@ -50,12 +50,15 @@ impl OrgDirectory {
         entry.clone()
     }
 
-    fn start(&self, org_id: &str) -> Addr<OrgActor> {
+    fn start(&self, org_id: &str) -> Bounded<OrgActor> {
         let mut hasher = DefaultHasher::new();
         org_id.hash(&mut hasher);
         let arbiter = &self.arbiters[hasher.finish() as usize % self.arbiters.len()];
         let (org_id, deps, registry) = (org_id.to_owned(), self.deps.clone(), self.actors.clone());
-        OrgActor::start_in_arbiter(arbiter, move |_| OrgActor::new(org_id, deps, registry))
+        let mailbox = self.deps.settings.mailbox;
+        let addr =
+            OrgActor::start_in_arbiter(arbiter, move |_| OrgActor::new(org_id, deps, registry));
+        Bounded::new(addr, mailbox)
     }
 
     /// Sends `request` to the org's actor and waits for its answer.
@@ -67,8 +70,8 @@ impl OrgDirectory {
         OrgActor: Handler<Ask<R>>,
     {
         for _ in 0..ATTEMPTS {
-            let addr = self.actor(org_id);
-            match ask(&addr, request.clone()).await {
+            let actor = self.actor(org_id);
+            match actor.ask(request.clone()).await {
                 Ok(answer) => return answer,
                 Err(AskError::Full(_)) => {
                     self.deps.metrics.mailbox_full(Mailbox::Org);
@@ -77,7 +80,8 @@ impl OrgDirectory {
                 Err(AskError::Stopped(r)) => request = r,
                 Err(AskError::Dropped) => {}
             }
-            self.actors.remove_if(org_id, |_, a| *a == addr);
+            self.actors
+                .remove_if(org_id, |_, a| a.addr() == actor.addr());
         }
         Err(OrgError::PersistenceUnavailable(
             "the org could not be loaded".into(),

@@ -16,7 +16,7 @@ use actix::prelude::*;
 use dashmap::DashMap;
 use tokio::sync::oneshot;
 
-use crate::ask::{Ask, Request};
+use crate::ask::{Ask, Bounded, Request};
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::model::{now_ms, Action, ActionKind, ActionStatus};
@@ -169,7 +169,7 @@ enum State {
 pub struct OrgActor {
     org_id: String,
     deps: Arc<OrgDeps>,
-    registry: Arc<DashMap<String, Addr<OrgActor>>>,
+    registry: Arc<DashMap<String, Bounded<OrgActor>>>,
     state: State,
     recent: VecDeque<Arc<OrgEvent>>,
     open_intents: HashMap<String, OpenIntent>,
@@ -180,7 +180,7 @@ impl OrgActor {
     pub fn new(
         org_id: String,
         deps: Arc<OrgDeps>,
-        registry: Arc<DashMap<String, Addr<OrgActor>>>,
+        registry: Arc<DashMap<String, Bounded<OrgActor>>>,
     ) -> Self {
         Self {
             org_id,
@@ -311,7 +311,6 @@ impl Actor for OrgActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.deps.metrics.live_org_actors.inc();
-        ctx.set_mailbox_capacity(self.deps.settings.mailbox);
         let store = self.deps.store.clone();
         let org_id = self.org_id.clone();
         // ctx.wait: no message is handled before the state is rebuilt.
@@ -348,7 +347,8 @@ impl Actor for OrgActor {
 
     fn stopping(&mut self, ctx: &mut Context<Self>) -> Running {
         let me = ctx.address();
-        self.registry.remove_if(&self.org_id, |_, addr| *addr == me);
+        self.registry
+            .remove_if(&self.org_id, |_, actor| *actor.addr() == me);
         self.deps.metrics.live_org_actors.dec();
         Running::Stop
     }

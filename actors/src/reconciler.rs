@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use crate::ask::{ask, AskError};
+use crate::ask::{AskError, Bounded};
 use crate::metrics::Metrics;
 use crate::model::now_ms;
 use crate::org::Outcome;
@@ -42,7 +42,7 @@ const MAX_PAGES: usize = 100;
 
 pub struct Reconciler {
     api: StripeApi,
-    stripe: Addr<StripeActor>,
+    stripe: Bounded<StripeActor>,
     store: ActionStore,
     interval: Duration,
     metrics: Metrics,
@@ -61,7 +61,7 @@ pub struct PassReport {
 impl Reconciler {
     pub fn new(
         api: StripeApi,
-        stripe: Addr<StripeActor>,
+        stripe: Bounded<StripeActor>,
         store: ActionStore,
         interval: Duration,
         metrics: Metrics,
@@ -119,7 +119,7 @@ impl Reconciler {
 
 async fn reconcile_since(
     api: &StripeApi,
-    stripe: &Addr<StripeActor>,
+    stripe: &Bounded<StripeActor>,
     since: i64,
 ) -> Result<PassReport, String> {
     let mut report = PassReport::default();
@@ -140,7 +140,7 @@ async fn reconcile_since(
                 };
                 report.listed += 1;
                 let event_id = event.id.clone();
-                match ask(stripe, HandleEvent(event)).await {
+                match stripe.ask(HandleEvent(event)).await {
                     Ok(Ok(Outcome::Recorded)) => {
                         report.applied += 1;
                         tracing::info!(%event_id, "missed event applied by reconciliation");

@@ -1,5 +1,5 @@
 use actix_web::{web, HttpRequest, HttpResponse};
-use actors::ask::{ask, AskError};
+use actors::ask::AskError;
 use actors::metrics::{Mailbox, WebhookOutcome};
 use actors::org::Outcome;
 use actors::stripe::HandleEvent;
@@ -95,7 +95,7 @@ async fn handle(
 
     let span = tracing::info_span!("webhook", event_id = %event.id, event_type = %event.event_type);
     async move {
-        let outcome = match ask(&state.stripe, HandleEvent(event)).await {
+        let outcome = match state.stripe.ask(HandleEvent(event)).await {
             Ok(answer) => answer?,
             Err(AskError::Full(_)) => {
                 state.metrics.mailbox_full(Mailbox::Stripe);
