@@ -16,10 +16,12 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clickhouse::{Client, Row};
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
 
 use super::{PaymentIntentOwner, StoreError};
 use crate::model::{Action, ActionKind, ActionStatus};
@@ -60,7 +62,14 @@ pub struct ClickHouseStore {
     timeout: Duration,
     /// Kept only to scrub it from error messages, in case anything echoes it.
     password: String,
+    /// Caps the queries in flight: thousands of orgs loading at once would
+    /// otherwise overrun the server's own limit and all time out; queued
+    /// ones wait their turn within the same timeout.
+    queries: Arc<Semaphore>,
 }
+
+/// Queries in flight at once, well under ClickHouse's default limit of 100.
+const MAX_CONCURRENT_QUERIES: usize = 32;
 
 /// One table row. Field order and types must match the DDL in `migrate`
 /// exactly, because plain `RowBinary` carries no column names or types.
@@ -170,6 +179,7 @@ impl ClickHouseStore {
             table: settings.table,
             timeout: settings.timeout,
             password: settings.password,
+            queries: Arc::new(Semaphore::new(MAX_CONCURRENT_QUERIES)),
         })
     }
 
@@ -292,7 +302,15 @@ impl ClickHouseStore {
         op: &str,
         fut: impl Future<Output = clickhouse::error::Result<T>>,
     ) -> Result<T, StoreError> {
-        let message = match tokio::time::timeout(self.timeout, fut).await {
+        let bounded = async {
+            let _permit = self
+                .queries
+                .acquire()
+                .await
+                .expect("the semaphore is never closed");
+            fut.await
+        };
+        let message = match tokio::time::timeout(self.timeout, bounded).await {
             Ok(Ok(value)) => return Ok(value),
             Ok(Err(err)) => {
                 // The crate's top-level text can be as vague as "client error
