@@ -21,7 +21,7 @@ use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::model::{now_ms, Action, ActionKind, ActionStatus};
 use crate::org_event::{Entitlements, OrgEvent, Snapshot};
-use crate::persistence::{Persist, PersistError};
+use crate::persistence::{self, Persist, PersistError};
 use crate::sse_hub::Publish;
 use crate::store::ActionStore;
 use crate::stripe::{CreatePaymentIntent, OpenIntent, StripeError};
@@ -235,7 +235,7 @@ impl OrgActor {
         reply: oneshot::Sender<OrgAnswer<T>>,
         map: impl FnOnce(&Ledger) -> T + 'static,
     ) {
-        let persist = self.deps.persistence.send(Persist(action.clone()));
+        let persist = persistence::persist(&self.deps.persistence, action.clone());
         let span = tracing::info_span!(
             "record_action",
             org_id = %self.org_id,
@@ -243,10 +243,10 @@ impl OrgActor {
             action_id = %action.id,
             seq = action.seq,
         );
-        ctx.wait(async move { persist.await }.into_actor(self).map(move |result, act, ctx| {
+        ctx.wait(persist.into_actor(self).map(move |result, act, ctx| {
             let _entered = span.enter();
             let answer = match result {
-                Ok(Ok(())) => {
+                Ok(()) => {
                     let State::Ready(ledger) = &mut act.state else {
                         unreachable!("record runs only on a ready ledger")
                     };
@@ -262,15 +262,11 @@ impl OrgActor {
                     tracing::info!(kind = action.kind.as_str(), status = action.status.as_str(), "action recorded");
                     Ok(answer)
                 }
-                Ok(Err(PersistError::Overloaded)) => Err(OrgError::Overloaded),
-                Ok(Err(PersistError::Unavailable(msg))) => {
+                Err(PersistError::Overloaded) => Err(OrgError::Overloaded),
+                Err(PersistError::Unavailable(msg)) => {
                     tracing::warn!(error = %msg, "action not recorded; the org reloads from the store");
                     ctx.stop();
                     Err(OrgError::PersistenceUnavailable(msg))
-                }
-                Err(mailbox) => {
-                    ctx.stop();
-                    Err(OrgError::PersistenceUnavailable(mailbox.to_string()))
                 }
             };
             let _ = reply.send(answer);

@@ -6,8 +6,15 @@
 //! together in the next batch, so batches grow with load instead of queries
 //! multiplying. `min_interval` spaces writes for stores that want few, large
 //! inserts (ClickHouse); the embedded store uses zero.
+//!
+//! A new row does not start a write by itself: it schedules one flush for
+//! after the mailbox is drained (actix handles every queued message before
+//! the context's own items). When a write's acks release many writers at
+//! once, their next rows arrive together; flushing on the first of them would
+//! write it alone and make all the others wait for that one-row INSERT.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -36,10 +43,32 @@ pub enum PersistError {
     Overloaded,
 }
 
-/// Store one action; answers once it is durable.
+/// Store one action; `reply` hears once it is durable. Send it with
+/// [`persist`]. The message carries its own reply channel because answering
+/// through `Addr::send` costs actix a response channel, a boxed future and a
+/// spawned task for every row: half of the actor's time per row under load.
 #[derive(Message)]
-#[rtype(result = "Result<(), PersistError>")]
-pub struct Persist(pub Action);
+#[rtype(result = "()")]
+pub struct Persist {
+    pub action: Action,
+    pub reply: oneshot::Sender<Result<(), PersistError>>,
+}
+
+/// Hands `action` to the actor and resolves once it is durable. Never
+/// refused for a full mailbox: `max_pending` bounds the rows waiting and is
+/// answered with `Overloaded`.
+pub fn persist(
+    to: &Recipient<Persist>,
+    action: Action,
+) -> impl Future<Output = Result<(), PersistError>> + 'static {
+    let (reply, answer) = oneshot::channel();
+    to.do_send(Persist { action, reply });
+    async move {
+        answer
+            .await
+            .unwrap_or_else(|_| Err(PersistError::Unavailable("persistence stopped".into())))
+    }
+}
 
 /// Whether the store answers now (for `/readyz`).
 #[derive(Message)]
@@ -79,7 +108,14 @@ pub struct PersistenceActor {
     drain_waiters: Vec<oneshot::Sender<()>>,
     stats: PersistenceStats,
     metrics: Metrics,
+    /// A `Flush` is queued behind the messages already in the mailbox.
+    flush_scheduled: bool,
 }
+
+/// Sent to itself: consider a write once the mailbox is drained.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Flush;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -98,6 +134,14 @@ impl PersistenceActor {
             drain_waiters: Vec::new(),
             stats: PersistenceStats::default(),
             metrics,
+            flush_scheduled: false,
+        }
+    }
+
+    fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
+        if !self.flush_scheduled {
+            self.flush_scheduled = true;
+            ctx.notify(Flush);
         }
     }
 
@@ -196,10 +240,9 @@ impl Actor for PersistenceActor {
 }
 
 impl Handler<Persist> for PersistenceActor {
-    type Result = ResponseFuture<Result<(), PersistError>>;
+    type Result = ();
 
-    fn handle(&mut self, Persist(action): Persist, ctx: &mut Context<Self>) -> Self::Result {
-        let (tx, rx) = oneshot::channel();
+    fn handle(&mut self, Persist { action, reply: tx }: Persist, ctx: &mut Context<Self>) {
         if let Some(retry_at) = self.retry_at.filter(|t| *t > Instant::now()) {
             let wait_ms = (retry_at - Instant::now()).as_millis();
             let _ = tx.send(Err(PersistError::Unavailable(format!(
@@ -210,12 +253,17 @@ impl Handler<Persist> for PersistenceActor {
             let _ = tx.send(Err(PersistError::Overloaded));
         } else {
             self.pending.push_back((action, tx));
-            self.maybe_flush(ctx);
+            self.schedule_flush(ctx);
         }
-        Box::pin(async move {
-            rx.await
-                .unwrap_or_else(|_| Err(PersistError::Unavailable("persistence stopped".into())))
-        })
+    }
+}
+
+impl Handler<Flush> for PersistenceActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Flush, ctx: &mut Context<Self>) {
+        self.flush_scheduled = false;
+        self.maybe_flush(ctx);
     }
 }
 
