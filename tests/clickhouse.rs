@@ -25,21 +25,6 @@ async fn spawn_clickhouse(table: &str) -> TestApp {
     spawn(&env).await
 }
 
-async fn metric(app: &TestApp, name: &str) -> u64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
-}
-
 #[tokio::test]
 async fn a_thousand_concurrent_webhooks_over_a_hundred_orgs_are_a_thousand_rows_in_few_inserts() {
     let table = unique_table("t_load");
@@ -69,7 +54,7 @@ async fn a_thousand_concurrent_webhooks_over_a_hundred_orgs_are_a_thousand_rows_
         clickhouse_query(&format!("SELECT uniqExact(id) FROM {table}")).await,
         "1000"
     );
-    let inserts = metric(&app, "entitlements_persist_batches_total").await;
+    let inserts = app.metric("entitlements_persist_batches_total").await;
     assert!(inserts * 4 < 1000, "{inserts} inserts for 1000 rows");
     // Each org's seq is gapless: 1..=10.
     let per_org = clickhouse_query(&format!(

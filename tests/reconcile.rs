@@ -43,21 +43,6 @@ async fn open_intent(stripe: &LocalStripe, org: &str) -> String {
     pi["id"].as_str().unwrap().to_owned()
 }
 
-async fn metric(app: &TestApp, name: &str) -> u64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0)
-}
-
 async fn entitled(app: &TestApp, org: &str) -> Option<()> {
     (app.entitlements(org).await["entitlements"][SKU] == true).then_some(())
 }
@@ -121,7 +106,7 @@ async fn payments_confirmed_while_the_service_was_down_are_applied_when_it_start
         app.entitlements(&declined_org).await["entitlements"][SKU],
         false
     );
-    assert!(metric(&app, "entitlements_reconciled_events_total").await >= 2);
+    assert!(app.metric("entitlements_reconciled_events_total").await >= 2);
 
     // The webhooks arriving late change nothing.
     deliver_late(&app, &stripe, &succeeded_event).await;
@@ -142,7 +127,7 @@ async fn payments_whose_webhooks_never_come_are_applied_by_the_next_pass() {
     eventually(WEBHOOK_WAIT, || entitled(&app, &org)).await;
     let event_id = stripe.event_id("payment_intent.succeeded", &paid).await;
     assert_eq!(app.actions(&org).await[0]["eventId"], event_id.as_str());
-    assert!(metric(&app, "entitlements_reconciled_events_total").await >= 1);
+    assert!(app.metric("entitlements_reconciled_events_total").await >= 1);
     // Later passes (every second) list it again, and the webhook arrives
     // late: still one action. (The metric also counts other tests' events:
     // localstripe is shared, and this app applies every org's.)
@@ -165,10 +150,7 @@ async fn an_unreachable_stripe_neither_delays_start_up_nor_stops_the_service() {
             .status(),
         200
     );
-    assert_eq!(
-        metric(&app, "entitlements_reconciled_events_total").await,
-        0
-    );
+    assert_eq!(app.metric("entitlements_reconciled_events_total").await, 0);
     let body: Value = app
         .get("acme", "/v1/entitlements")
         .await

@@ -277,27 +277,9 @@ async fn resume(app: &TestApp, org: &str, last_event_id: &str) -> SseClient {
 // ---------------------------------------------------------------------------
 // Other helpers.
 
-async fn metric(app: &TestApp, name: &str) -> u64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 async fn connections_become(app: &TestApp, n: u64, within: Duration) {
     eventually(within, || async {
-        (metric(app, "entitlements_stream_connections").await == n).then_some(())
+        (app.metric("entitlements_stream_connections").await == n).then_some(())
     })
     .await;
 }
@@ -484,7 +466,7 @@ async fn stream_without_a_valid_token_is_401_with_the_error_envelope() {
             );
         }
         // Nothing was left subscribed by the refused requests.
-        assert_eq!(metric(&app, "entitlements_stream_connections").await, 0);
+        assert_eq!(app.metric("entitlements_stream_connections").await, 0);
     })
     .await;
 }
@@ -988,7 +970,7 @@ async fn resume_after_the_org_actor_went_idle() {
         )
         .await; // 3
         eventually(Duration::from_secs(15), || async {
-            (metric(&app, "entitlements_live_org_actors").await == 0).then_some(())
+            (app.metric("entitlements_live_org_actors").await == 0).then_some(())
         })
         .await;
 
@@ -1205,7 +1187,7 @@ async fn a_slow_client_is_dropped_and_loses_nothing_on_reconnect() {
         );
         eprintln!("healthy reader reconnected {reconnects} times");
 
-        let dropped = metric(&app, "entitlements_stream_dropped_slow_total").await;
+        let dropped = app.metric("entitlements_stream_dropped_slow_total").await;
         assert!(
             dropped > u64::from(reconnects),
             "the slow client was not dropped: dropped_slow_total = {dropped}, \
@@ -1257,7 +1239,7 @@ async fn connections_return_to_zero_after_clients_disconnect() {
         // A closed connection is only noticed when a write to it fails, so
         // keep-alives must be frequent for this to be quick.
         let app = spawn(&[("ENTITLEMENTS__SSE__KEEP_ALIVE_SECS", "1")]).await;
-        assert_eq!(metric(&app, "entitlements_stream_connections").await, 0);
+        assert_eq!(app.metric("entitlements_stream_connections").await, 0);
         let mut a = open(&app, "acme").await;
         let mut b = open(&app, "acme").await;
         let mut c = open(&app, "globex").await;

@@ -156,6 +156,22 @@ impl TestApp {
         body["actions"].as_array().unwrap().clone()
     }
 
+    /// One sample of `/metrics` (a counter's `_total`, or a gauge).
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+    }
+
     /// Sends `event` signed with the current webhook secret, now.
     pub async fn webhook(&self, event: &Value) -> reqwest::Response {
         let body = serde_json::to_vec(event).unwrap();
