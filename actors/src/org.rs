@@ -275,7 +275,7 @@ impl OrgActor {
 
     fn new_action(
         &self,
-        ledger: &Ledger,
+        seq: u64,
         id: String,
         kind: ActionKind,
         status: ActionStatus,
@@ -288,7 +288,7 @@ impl OrgActor {
         Action {
             id,
             org_id: self.org_id.clone(),
-            seq: ledger.next_seq(),
+            seq,
             kind,
             status,
             sku: sku.to_owned(),
@@ -354,18 +354,15 @@ impl Handler<Ask<ApplyPayment>> for OrgActor {
     type Result = ();
 
     fn handle(&mut self, Ask { request: r, reply }: Ask<ApplyPayment>, ctx: &mut Context<Self>) {
-        let ledger = match self.ledger(ctx) {
-            Ok(l) => l,
+        let seq = match self.ledger(ctx) {
             Err(e) => return drop(reply.send(Err(e))),
-        };
-        let duplicate = ledger.has_applied_event(&r.event_id)
-            || (r.succeeded && ledger.intent(&r.payment_intent_id).is_some_and(|i| i.paid));
-        if duplicate {
-            return drop(reply.send(Ok(Outcome::Duplicate)));
-        }
-        let ledger = match &self.state {
-            State::Ready(l) => l,
-            _ => unreachable!(),
+            Ok(l)
+                if l.has_applied_event(&r.event_id)
+                    || (r.succeeded && l.intent(&r.payment_intent_id).is_some_and(|i| i.paid)) =>
+            {
+                return drop(reply.send(Ok(Outcome::Duplicate)))
+            }
+            Ok(l) => l.next_seq(),
         };
         if self.product(&r.sku).is_none() {
             tracing::warn!(org_id = %self.org_id, event_id = %r.event_id, sku = %r.sku, "payment for an unknown sku ignored");
@@ -382,7 +379,7 @@ impl Handler<Ask<ApplyPayment>> for OrgActor {
             (format!("fail_{}", r.event_id), ActionStatus::Failed)
         };
         let action = self.new_action(
-            ledger,
+            seq,
             id,
             ActionKind::Payment,
             status,
@@ -400,28 +397,26 @@ impl Handler<Ask<ApplyRevocation>> for OrgActor {
     type Result = ();
 
     fn handle(&mut self, Ask { request: r, reply }: Ask<ApplyRevocation>, ctx: &mut Context<Self>) {
-        let ledger = match self.ledger(ctx) {
-            Ok(l) => l,
+        let (seq, sku) = match self.ledger(ctx) {
             Err(e) => return drop(reply.send(Err(e))),
+            Ok(l) if l.has_applied_event(&r.event_id) => {
+                return drop(reply.send(Ok(Outcome::Duplicate)))
+            }
+            // The event may not name the SKU; the payment it revokes does.
+            Ok(l) => (
+                l.next_seq(),
+                r.sku
+                    .clone()
+                    .or_else(|| l.intent(&r.payment_intent_id).map(|i| i.sku.clone())),
+            ),
         };
-        if ledger.has_applied_event(&r.event_id) {
-            return drop(reply.send(Ok(Outcome::Duplicate)));
-        }
-        let sku = r
-            .sku
-            .clone()
-            .or_else(|| ledger.intent(&r.payment_intent_id).map(|i| i.sku.clone()));
         let Some(sku) = sku.filter(|s| self.product(s).is_some()) else {
             tracing::warn!(org_id = %self.org_id, event_id = %r.event_id, payment_intent_id = %r.payment_intent_id,
                 "revocation names no known sku; ignored");
             return drop(reply.send(Ok(Outcome::Ignored)));
         };
-        let ledger = match &self.state {
-            State::Ready(l) => l,
-            _ => unreachable!(),
-        };
         let action = self.new_action(
-            ledger,
+            seq,
             format!("{}_{}", r.kind.as_str(), r.event_id),
             r.kind,
             ActionStatus::Delivered,
@@ -442,21 +437,15 @@ impl Handler<Ask<SimulatePayment>> for OrgActor {
         let Some(product) = self.product(&r.sku).cloned() else {
             return drop(reply.send(Err(OrgError::UnknownSku(r.sku))));
         };
-        let ledger = match self.ledger(ctx) {
-            Ok(l) => l,
+        let seq = match self.ledger(ctx) {
             Err(e) => return drop(reply.send(Err(e))),
-        };
-        if ledger.is_entitled(&r.sku) {
             // Already paid for: a second simulated purchase would double-charge.
-            return drop(reply.send(Ok(ledger.entitlements())));
-        }
-        let ledger = match &self.state {
-            State::Ready(l) => l,
-            _ => unreachable!(),
+            Ok(l) if l.is_entitled(&r.sku) => return drop(reply.send(Ok(l.entitlements()))),
+            Ok(l) => l.next_seq(),
         };
-        let payment_intent_id = format!("pi_simulated_{}_{}", self.org_id, ledger.next_seq());
+        let payment_intent_id = format!("pi_simulated_{}_{seq}", self.org_id);
         let mut action = self.new_action(
-            ledger,
+            seq,
             format!("pay_{payment_intent_id}"),
             ActionKind::Payment,
             ActionStatus::Delivered,
