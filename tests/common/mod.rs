@@ -172,6 +172,15 @@ impl TestApp {
             .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
     }
 
+    /// Sends `event` and expects 200 `{"received":true}`.
+    pub async fn deliver(&self, event: &Value) {
+        let res = self.webhook(event).await;
+        let status = res.status();
+        let body = res.text().await.unwrap();
+        assert_eq!(status, 200, "{} answered {body}", event["id"]);
+        assert_eq!(body, r#"{"received":true}"#);
+    }
+
     /// Sends `event` signed with the current webhook secret, now.
     pub async fn webhook(&self, event: &Value) -> reqwest::Response {
         let body = serde_json::to_vec(event).unwrap();
