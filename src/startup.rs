@@ -12,6 +12,7 @@ use actors::ask::Bounded;
 use actors::directory::OrgDirectory;
 use actors::metrics::Metrics;
 use actors::org::{OrgDeps, OrgSettings, Product};
+use actors::org_loader::OrgLoader;
 use actors::persistence::{Drain, PersistenceActor, PersistenceSettings};
 use actors::reconciler::Reconciler;
 use actors::sse_hub::SseHub;
@@ -113,12 +114,17 @@ impl Application {
             .map(|_| Arbiter::new().handle())
             .collect();
 
+        // Bounded like the org actors that wait on it: thousands of orgs
+        // starting at once queue here, beyond that a load fails fast (503).
+        let loader = OrgLoader::new(store.clone(), 16 * 1024, metrics.clone()).start();
+
         let mut directory = None;
         let stripe = {
             let (store, persistence, hub) = (store.clone(), persistence.clone(), hub.clone());
             StripeActor::create(|ctx| {
                 let deps = OrgDeps {
                     store: store.clone(),
+                    loader: loader.recipient(),
                     persistence: persistence.recipient(),
                     hub: hub.recipient(),
                     stripe: ctx.address().recipient(),

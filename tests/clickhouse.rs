@@ -20,9 +20,88 @@ fn overrides(table: &str) -> Vec<(&'static str, String)> {
 }
 
 async fn spawn_clickhouse(table: &str) -> TestApp {
+    spawn_clickhouse_with(table, &[]).await
+}
+
+async fn spawn_clickhouse_with(table: &str, extra: &[(&str, &str)]) -> TestApp {
     let owned = overrides(table);
-    let env: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut env: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.extend_from_slice(extra);
     spawn(&env).await
+}
+
+#[tokio::test]
+async fn one_org_s_concurrent_webhooks_share_inserts_and_keep_a_gapless_order() {
+    let table = unique_table("t_busy_org");
+    // Writes at least 300 ms apart: the first row goes alone, the rest of
+    // the burst waits for the next INSERT, unless the org held it back.
+    let app = spawn_clickhouse_with(
+        &table,
+        &[("ENTITLEMENTS__PERSISTENCE__BATCH_MAX_MS", "300")],
+    )
+    .await;
+    let events: Vec<Value> = (0..50)
+        .map(|i| {
+            if i % 10 == 9 {
+                succeeded(&format!("evt_busy_{i}"), &format!("pi_busy_{i}"), "busy")
+            } else {
+                failed(&format!("evt_busy_{i}"), &format!("pi_busy_{i}"), "busy")
+            }
+        })
+        .collect();
+    // Every event twice: a duplicate of a change still being written must
+    // wait for that write too.
+    let sends = events.iter().chain(&events).map(|e| app.webhook(e));
+    let statuses: Vec<u16> = futures_util::future::join_all(sends)
+        .await
+        .iter()
+        .map(|r| r.status().as_u16())
+        .collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+
+    // One write at a time per org would be 50 inserts, 300 ms apart.
+    let inserts = app.metric("entitlements_persist_batches_total").await;
+    assert!(inserts <= 5, "{inserts} inserts for one org's 50 webhooks");
+    let seqs = clickhouse_query(&format!(
+        "SELECT groupArray(seq) FROM (SELECT seq FROM {table} ORDER BY seq)"
+    ))
+    .await;
+    let expected: Vec<String> = (1..=50).map(|s| s.to_string()).collect();
+    assert_eq!(seqs, format!("[{}]", expected.join(",")));
+    let ent = app.entitlements("busy").await;
+    assert_eq!(ent["seq"], 50);
+    assert_eq!(ent["entitlements"][SKU], true);
+    clickhouse_query(&format!("DROP TABLE {table}")).await;
+}
+
+#[tokio::test]
+async fn orgs_starting_together_are_loaded_with_few_queries() {
+    let table = unique_table("t_cold");
+    let app = spawn_clickhouse(&table).await;
+    let orgs: Vec<String> = (0..200).map(|i| format!("cold{i}")).collect();
+    for (i, org) in orgs.iter().enumerate() {
+        let event = if i % 2 == 0 {
+            succeeded(&format!("evt_cold_{i}"), &format!("pi_cold_{i}"), org)
+        } else {
+            failed(&format!("evt_cold_{i}"), &format!("pi_cold_{i}"), org)
+        };
+        app.deliver(&event).await;
+    }
+    app.stop().await;
+
+    // A new process: every org actor starts from ClickHouse, all at once.
+    let app = spawn_clickhouse(&table).await;
+    let reads = orgs.iter().map(|org| app.entitlements(org));
+    let states = futures_util::future::join_all(reads).await;
+    for (i, ent) in states.iter().enumerate() {
+        assert_eq!(ent["seq"], 1, "{}: {ent}", orgs[i]);
+        assert_eq!(ent["entitlements"][SKU], i % 2 == 0, "{}: {ent}", orgs[i]);
+    }
+    let loaded = app.metric("entitlements_org_load_orgs_sum").await;
+    let queries = app.metric("entitlements_org_load_orgs_count").await;
+    assert_eq!(loaded, 200);
+    assert!(queries * 4 <= 200, "{queries} queries loaded 200 orgs");
+    clickhouse_query(&format!("DROP TABLE {table}")).await;
 }
 
 #[tokio::test]

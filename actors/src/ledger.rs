@@ -17,6 +17,7 @@ pub struct IntentRecord {
     pub revoked: bool,
 }
 
+#[derive(Clone)]
 pub struct Ledger {
     org_id: String,
     skus: Arc<[String]>,
@@ -45,7 +46,7 @@ impl Ledger {
         actions.sort_by_key(|a| a.seq);
         let mut ledger = Self::new(org_id, skus);
         for action in &actions {
-            ledger.apply(action);
+            ledger.fold(action);
         }
         ledger
     }
@@ -97,6 +98,13 @@ impl Ledger {
 
     /// Folds one action in and returns the stream event it produces.
     pub fn apply(&mut self, action: &Action) -> OrgEvent {
+        self.fold(action);
+        self.event_for(action)
+    }
+
+    /// Folds one action in, without building its stream event (for a state
+    /// that no browser sees).
+    pub fn fold(&mut self, action: &Action) {
         self.seq = self.seq.max(action.seq);
         if let Some(event_id) = &action.event_id {
             self.applied_events.insert(event_id.clone());
@@ -111,6 +119,10 @@ impl Ledger {
             (ActionKind::Payment, ActionStatus::Failed) => {}
             (ActionKind::Refund | ActionKind::Dispute, _) => intent.revoked = true,
         }
+    }
+
+    /// The stream event of an action just folded in.
+    fn event_for(&self, action: &Action) -> OrgEvent {
         if action.status == ActionStatus::Failed {
             return OrgEvent::payment_failed(
                 &self.org_id,

@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod model;
 pub mod org;
 pub mod org_event;
+pub mod org_loader;
 pub mod persistence;
 pub mod reconciler;
 pub mod signature;

@@ -86,6 +86,7 @@ pub struct Inner {
     pub events: Family<EventLabels, Counter>,
     pub batch_rows: Histogram,
     pub flush_seconds: Histogram,
+    pub org_load_orgs: Histogram,
     pub persisted_batches: Counter,
     pub persisted_rows: Counter,
     pub store_errors: Counter,
@@ -110,6 +111,7 @@ impl Metrics {
             events: Family::default(),
             batch_rows: Histogram::new(exponential_buckets(1.0, 4.0, 9)),
             flush_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            org_load_orgs: Histogram::new(exponential_buckets(1.0, 2.0, 8)),
             persisted_batches: Counter::default(),
             persisted_rows: Counter::default(),
             store_errors: Counter::default(),
@@ -139,6 +141,11 @@ impl Metrics {
             "persist_flush_seconds",
             "Time to write one action batch",
             inner.flush_seconds.clone(),
+        );
+        registry.register(
+            "org_load_orgs",
+            "Orgs whose history one store read loaded (org actors starting)",
+            inner.org_load_orgs.clone(),
         );
         registry.register(
             "persist_batches",

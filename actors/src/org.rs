@@ -1,12 +1,19 @@
 //! OrgActor: one per org, the only owner of that org's state.
 //!
 //! A change is applied in one order: persist (durable), then fold into the
-//! ledger, then publish to the SseHub. The actor waits (`ctx.wait`) for each
-//! change before taking its next message, so an org's changes never
-//! interleave and nothing is half-applied: when the store refuses, the
-//! ledger is untouched and the actor stops, so the next message rebuilds
-//! state from the store (the truth, even about a write that timed out but
-//! landed).
+//! ledger, then publish to the SseHub, then answer. Changes are pipelined:
+//! each is decided against the ledger *ahead* (the durable one plus every
+//! write still in flight) and handed to the PersistenceActor at once, so an
+//! org with many webhooks in flight fills one group commit instead of
+//! waiting one commit per webhook. Writes come back in the order they were
+//! sent and are applied in that order; every answer, a duplicate's
+//! included, waits for the writes decided before it.
+//!
+//! When the store refuses a write, that change and every change decided
+//! after it (they assumed it) are answered with the error, nothing of them
+//! is applied, and once the writes still in flight have come back the actor
+//! stops, so the next message rebuilds state from the store (the truth, even
+//! about a write that timed out but landed).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -14,13 +21,13 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use dashmap::DashMap;
-use tokio::sync::oneshot;
 
 use crate::ask::{Ask, Bounded, Request};
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::model::{now_ms, Action, ActionKind, ActionStatus};
 use crate::org_event::{Entitlements, OrgEvent, Snapshot};
+use crate::org_loader::{self, LoadOrg};
 use crate::persistence::{self, Persist, PersistError};
 use crate::sse_hub::Publish;
 use crate::store::ActionStore;
@@ -151,6 +158,8 @@ impl Request for ListActions {
 /// What every org actor shares: where to persist, publish and pay.
 pub struct OrgDeps {
     pub store: ActionStore,
+    /// Where the org's history is read from when the actor starts.
+    pub loader: Recipient<LoadOrg>,
     pub persistence: Recipient<Persist>,
     pub hub: Recipient<Publish>,
     pub stripe: Recipient<CreatePaymentIntent>,
@@ -160,10 +169,30 @@ pub struct OrgDeps {
 
 enum State {
     Loading,
-    Ready(Ledger),
+    Ready {
+        /// What reads, snapshots and streams see: only durable actions.
+        durable: Ledger,
+        /// `durable` plus every action still being written: what a new
+        /// change is decided against. The two meet whenever nothing is in
+        /// flight; a failed write stops the actor, so `ahead` never has to
+        /// be rolled back.
+        ahead: Ledger,
+    },
     /// The store could not be read; every message is refused and the actor
     /// stops, so the next request tries a fresh load.
     Failed(String),
+}
+
+/// A change decided but not yet answered.
+struct Pending {
+    ticket: u64,
+    /// `None` for an answer that only waits for the writes before it (a
+    /// duplicate of a change still being written, say).
+    action: Option<Action>,
+    /// The write's result, once it is back.
+    written: Option<Result<(), PersistError>>,
+    answer: Box<dyn FnOnce(Result<&Ledger, OrgError>)>,
+    span: tracing::Span,
 }
 
 pub struct OrgActor {
@@ -171,6 +200,13 @@ pub struct OrgActor {
     deps: Arc<OrgDeps>,
     registry: Arc<DashMap<String, Bounded<OrgActor>>>,
     state: State,
+    /// Changes in the order they were decided, answered from the front.
+    pending: VecDeque<Pending>,
+    next_ticket: u64,
+    writes_in_flight: usize,
+    /// A write failed: changes are refused and the actor stops once its
+    /// writes in flight are back.
+    broken: Option<OrgError>,
     recent: VecDeque<Arc<OrgEvent>>,
     open_intents: HashMap<String, OpenIntent>,
     last_active: Instant,
@@ -187,6 +223,10 @@ impl OrgActor {
             deps,
             registry,
             state: State::Loading,
+            pending: VecDeque::new(),
+            next_ticket: 0,
+            writes_in_flight: 0,
+            broken: None,
             recent: VecDeque::new(),
             open_intents: HashMap::new(),
             last_active: Instant::now(),
@@ -206,11 +246,11 @@ impl OrgActor {
         self.deps.settings.products.iter().find(|p| p.sku == sku)
     }
 
-    /// The ledger, or the error to answer with (and the actor stops).
+    /// The durable ledger, or the error to answer with (and the actor stops).
     fn ledger(&mut self, ctx: &mut Context<Self>) -> Result<&mut Ledger, OrgError> {
         self.last_active = Instant::now();
         match &mut self.state {
-            State::Ready(ledger) => Ok(ledger),
+            State::Ready { durable, .. } => Ok(durable),
             State::Failed(msg) => {
                 let err = OrgError::PersistenceUnavailable(msg.clone());
                 ctx.stop();
@@ -220,6 +260,19 @@ impl OrgActor {
         }
     }
 
+    /// The ledger a new change is decided against: the durable one plus
+    /// every action still being written.
+    fn ledger_ahead(&mut self, ctx: &mut Context<Self>) -> Result<&Ledger, OrgError> {
+        if let Some(err) = &self.broken {
+            return Err(err.clone());
+        }
+        self.ledger(ctx)?;
+        let State::Ready { ahead, .. } = &self.state else {
+            unreachable!("ledger() answered Ok")
+        };
+        Ok(ahead)
+    }
+
     fn remember(&mut self, event: Arc<OrgEvent>) {
         if self.recent.len() == self.deps.settings.recent_events {
             self.recent.pop_front();
@@ -227,50 +280,127 @@ impl OrgActor {
         self.recent.push_back(event);
     }
 
-    /// Persist, then apply, then publish; then answers `map(self)`.
-    fn record<T: Send + 'static>(
+    /// Queues a decided change: writes `action` (if any) now, and answers
+    /// through `answer` once it and everything decided before it is durable
+    /// and applied.
+    fn commit(
         &mut self,
-        action: Action,
+        action: Option<Action>,
         ctx: &mut Context<Self>,
-        reply: oneshot::Sender<OrgAnswer<T>>,
-        map: impl FnOnce(&Ledger) -> T + 'static,
+        answer: impl FnOnce(Result<&Ledger, OrgError>) + 'static,
     ) {
-        let persist = persistence::persist(&self.deps.persistence, action.clone());
         let span = tracing::info_span!(
             "record_action",
             org_id = %self.org_id,
-            event_id = action.event_id.as_deref().unwrap_or("-"),
-            action_id = %action.id,
-            seq = action.seq,
+            event_id = action.as_ref().and_then(|a| a.event_id.as_deref()).unwrap_or("-"),
+            action_id = action.as_ref().map_or("-", |a| a.id.as_str()),
+            seq = action.as_ref().map_or(0, |a| a.seq),
         );
-        ctx.wait(persist.into_actor(self).map(move |result, act, ctx| {
-            let _entered = span.enter();
-            let answer = match result {
-                Ok(()) => {
-                    let State::Ready(ledger) = &mut act.state else {
-                        unreachable!("record runs only on a ready ledger")
-                    };
-                    let event = Arc::new(ledger.apply(&action));
-                    let answer = map(ledger);
-                    if action.kind == ActionKind::Payment && action.status == ActionStatus::Delivered {
-                        act.open_intents.remove(&action.sku);
-                    }
-                    act.remember(event.clone());
-                    // do_send: the hub never blocks an org; its own queues
-                    // are the bound (a slow browser is dropped there).
-                    act.deps.hub.do_send(Publish { org_id: act.org_id.clone(), event });
-                    tracing::info!(kind = action.kind.as_str(), status = action.status.as_str(), "action recorded");
-                    Ok(answer)
-                }
-                Err(PersistError::Overloaded) => Err(OrgError::Overloaded),
-                Err(PersistError::Unavailable(msg)) => {
-                    tracing::warn!(error = %msg, "action not recorded; the org reloads from the store");
-                    ctx.stop();
-                    Err(OrgError::PersistenceUnavailable(msg))
-                }
+        let State::Ready { durable, ahead } = &mut self.state else {
+            unreachable!("changes are decided on a ready ledger")
+        };
+        if action.is_none() && self.pending.is_empty() {
+            return answer(Ok(durable));
+        }
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        if let Some(action) = &action {
+            ahead.fold(action);
+            let write = persistence::persist(&self.deps.persistence, action.clone());
+            self.writes_in_flight += 1;
+            ctx.spawn(
+                write
+                    .into_actor(self)
+                    .map(move |result, act, ctx| act.written(ticket, result, ctx)),
+            );
+        }
+        self.pending.push_back(Pending {
+            ticket,
+            action,
+            written: None,
+            answer: Box::new(answer),
+            span,
+        });
+    }
+
+    fn written(&mut self, ticket: u64, result: Result<(), PersistError>, ctx: &mut Context<Self>) {
+        self.writes_in_flight -= 1;
+        // Tickets in `pending` are consecutive; a missing one was already
+        // answered because a write before it failed.
+        if let Some(front) = self.pending.front().map(|p| p.ticket) {
+            if let Some(p) = ticket
+                .checked_sub(front)
+                .and_then(|i| self.pending.get_mut(i as usize))
+            {
+                p.written = Some(result);
+            }
+        }
+        self.settle(ctx);
+    }
+
+    /// Applies and answers, from the front, every change whose write (and
+    /// every write before it) is back.
+    fn settle(&mut self, ctx: &mut Context<Self>) {
+        while self
+            .pending
+            .front()
+            .is_some_and(|p| p.action.is_none() || p.written.is_some())
+        {
+            let p = self.pending.pop_front().expect("checked above");
+            let _entered = p.span.enter();
+            let State::Ready {
+                durable: ledger, ..
+            } = &mut self.state
+            else {
+                unreachable!("changes are decided on a ready ledger")
             };
-            let _ = reply.send(answer);
-        }));
+            match p.written {
+                None | Some(Ok(())) => {
+                    if let Some(action) = &p.action {
+                        let event = Arc::new(ledger.apply(action));
+                        if action.kind == ActionKind::Payment
+                            && action.status == ActionStatus::Delivered
+                        {
+                            self.open_intents.remove(&action.sku);
+                        }
+                        // do_send: the hub never blocks an org; its own
+                        // queues are the bound (a slow browser is dropped there).
+                        self.deps.hub.do_send(Publish {
+                            org_id: self.org_id.clone(),
+                            event: event.clone(),
+                        });
+                        tracing::info!(
+                            kind = action.kind.as_str(),
+                            status = action.status.as_str(),
+                            "action recorded"
+                        );
+                        (p.answer)(Ok(ledger));
+                        self.remember(event);
+                    } else {
+                        (p.answer)(Ok(ledger));
+                    }
+                }
+                Some(Err(e)) => {
+                    let err = match e {
+                        PersistError::Overloaded => OrgError::Overloaded,
+                        PersistError::Unavailable(msg) => OrgError::PersistenceUnavailable(msg),
+                    };
+                    tracing::warn!(error = %err, later_changes = self.pending.len(),
+                        "action not recorded; the org reloads from the store");
+                    (p.answer)(Err(err.clone()));
+                    // Everything decided after it assumed it.
+                    for later in self.pending.drain(..) {
+                        (later.answer)(Err(err.clone()));
+                    }
+                    self.broken = Some(err);
+                }
+            }
+        }
+        // Stop only once every write is back, so that the rebuild reads
+        // whatever of them landed.
+        if self.broken.is_some() && self.writes_in_flight == 0 {
+            ctx.stop();
+        }
     }
 
     fn new_action(
@@ -307,35 +437,37 @@ impl Actor for OrgActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.deps.metrics.live_org_actors.inc();
-        let store = self.deps.store.clone();
-        let org_id = self.org_id.clone();
+        let history = org_loader::load(&self.deps.loader, self.org_id.clone());
         // ctx.wait: no message is handled before the state is rebuilt.
-        ctx.wait(async move { store.org_actions(&org_id).await }.into_actor(self).map(
-            |result, act, _| match result {
-                Ok(actions) => {
-                    let mut ledger = Ledger::new(act.org_id.clone(), act.skus());
-                    let keep = act.deps.settings.recent_events;
-                    let skip = actions.len().saturating_sub(keep);
-                    for (i, action) in actions.iter().enumerate() {
-                        let event = ledger.apply(action);
-                        if i >= skip {
-                            act.remember(Arc::new(event));
-                        }
+        ctx.wait(history.into_actor(self).map(|result, act, _| match result {
+            Ok(actions) => {
+                let mut ledger = Ledger::new(act.org_id.clone(), act.skus());
+                let keep = act.deps.settings.recent_events;
+                let skip = actions.len().saturating_sub(keep);
+                for (i, action) in actions.iter().enumerate() {
+                    if i >= skip {
+                        act.remember(Arc::new(ledger.apply(action)));
+                    } else {
+                        ledger.fold(action);
                     }
-                    tracing::debug!(org_id = %act.org_id, seq = ledger.seq(), "org state rebuilt");
-                    act.state = State::Ready(ledger);
                 }
-                Err(e) => {
-                    tracing::warn!(org_id = %act.org_id, error = %e, "org state could not be loaded");
-                    act.state = State::Failed(e.to_string());
-                }
-            },
-        ));
+                tracing::debug!(org_id = %act.org_id, seq = ledger.seq(), "org state rebuilt");
+                act.state = State::Ready {
+                    ahead: ledger.clone(),
+                    durable: ledger,
+                };
+            }
+            Err(e) => {
+                tracing::warn!(org_id = %act.org_id, error = %e, "org state could not be loaded");
+                act.state = State::Failed(e.to_string());
+            }
+        }));
         let idle_stop = self.deps.settings.idle_stop;
         let check_every =
             (idle_stop / 2).clamp(Duration::from_millis(100), Duration::from_secs(30));
         ctx.run_interval(check_every, move |act, ctx| {
-            if act.last_active.elapsed() >= idle_stop {
+            let writing = act.writes_in_flight > 0 || !act.pending.is_empty();
+            if !writing && act.last_active.elapsed() >= idle_stop {
                 ctx.stop();
             }
         });
@@ -354,13 +486,15 @@ impl Handler<Ask<ApplyPayment>> for OrgActor {
     type Result = ();
 
     fn handle(&mut self, Ask { request: r, reply }: Ask<ApplyPayment>, ctx: &mut Context<Self>) {
-        let seq = match self.ledger(ctx) {
+        let seq = match self.ledger_ahead(ctx) {
             Err(e) => return drop(reply.send(Err(e))),
             Ok(l)
                 if l.has_applied_event(&r.event_id)
                     || (r.succeeded && l.intent(&r.payment_intent_id).is_some_and(|i| i.paid)) =>
             {
-                return drop(reply.send(Ok(Outcome::Duplicate)))
+                return self.commit(None, ctx, move |l| {
+                    let _ = reply.send(l.map(|_| Outcome::Duplicate));
+                });
             }
             Ok(l) => l.next_seq(),
         };
@@ -389,7 +523,9 @@ impl Handler<Ask<ApplyPayment>> for OrgActor {
             r.amount,
             &r.currency,
         );
-        self.record(action, ctx, reply, |_| Outcome::Recorded);
+        self.commit(Some(action), ctx, move |l| {
+            let _ = reply.send(l.map(|_| Outcome::Recorded));
+        });
     }
 }
 
@@ -397,10 +533,12 @@ impl Handler<Ask<ApplyRevocation>> for OrgActor {
     type Result = ();
 
     fn handle(&mut self, Ask { request: r, reply }: Ask<ApplyRevocation>, ctx: &mut Context<Self>) {
-        let (seq, sku) = match self.ledger(ctx) {
+        let (seq, sku) = match self.ledger_ahead(ctx) {
             Err(e) => return drop(reply.send(Err(e))),
             Ok(l) if l.has_applied_event(&r.event_id) => {
-                return drop(reply.send(Ok(Outcome::Duplicate)))
+                return self.commit(None, ctx, move |l| {
+                    let _ = reply.send(l.map(|_| Outcome::Duplicate));
+                });
             }
             // The event may not name the SKU; the payment it revokes does.
             Ok(l) => (
@@ -426,7 +564,9 @@ impl Handler<Ask<ApplyRevocation>> for OrgActor {
             r.amount,
             &r.currency,
         );
-        self.record(action, ctx, reply, |_| Outcome::Recorded);
+        self.commit(Some(action), ctx, move |l| {
+            let _ = reply.send(l.map(|_| Outcome::Recorded));
+        });
     }
 }
 
@@ -437,10 +577,14 @@ impl Handler<Ask<SimulatePayment>> for OrgActor {
         let Some(product) = self.product(&r.sku).cloned() else {
             return drop(reply.send(Err(OrgError::UnknownSku(r.sku))));
         };
-        let seq = match self.ledger(ctx) {
+        let seq = match self.ledger_ahead(ctx) {
             Err(e) => return drop(reply.send(Err(e))),
             // Already paid for: a second simulated purchase would double-charge.
-            Ok(l) if l.is_entitled(&r.sku) => return drop(reply.send(Ok(l.entitlements()))),
+            Ok(l) if l.is_entitled(&r.sku) => {
+                return self.commit(None, ctx, move |l| {
+                    let _ = reply.send(l.map(Ledger::entitlements));
+                });
+            }
             Ok(l) => l.next_seq(),
         };
         let payment_intent_id = format!("pi_simulated_{}_{seq}", self.org_id);
@@ -456,7 +600,9 @@ impl Handler<Ask<SimulatePayment>> for OrgActor {
             &product.currency,
         );
         action.simulated = true;
-        self.record(action, ctx, reply, Ledger::entitlements);
+        self.commit(Some(action), ctx, move |l| {
+            let _ = reply.send(l.map(Ledger::entitlements));
+        });
     }
 }
 

@@ -156,7 +156,8 @@ impl TestApp {
         body["actions"].as_array().unwrap().clone()
     }
 
-    /// One sample of `/metrics` (a counter's `_total`, or a gauge).
+    /// One sample of `/metrics` (a counter's `_total`, a gauge, or a
+    /// histogram's `_sum` / `_count`), as a whole number.
     pub async fn metric(&self, name: &str) -> u64 {
         let text = self
             .client
@@ -168,7 +169,15 @@ impl TestApp {
             .await
             .unwrap();
         text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .find_map(|l| {
+                let value: f64 = l
+                    .strip_prefix(name)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()?;
+                Some(value as u64)
+            })
             .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
     }
 

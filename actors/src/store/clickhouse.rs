@@ -14,6 +14,7 @@
 //! travel as plain `RowBinary` and `ActionRow` must match the DDL column for
 //! column.
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -231,15 +232,43 @@ impl ClickHouseStore {
     }
 
     pub async fn org_actions(&self, org_id: &str) -> Result<Vec<Action>, StoreError> {
+        let mut orgs = self.actions_of_orgs(&[org_id.to_owned()]).await?;
+        Ok(orgs.remove(org_id).unwrap_or_default())
+    }
+
+    /// Every action of each org, in one query. Without `FINAL`, which costs
+    /// this server about twice the CPU: repeats of an action are identical,
+    /// so the first row of each id is kept here instead.
+    pub async fn actions_of_orgs(
+        &self,
+        org_ids: &[String],
+    ) -> Result<HashMap<String, Vec<Action>>, StoreError> {
+        let mut orgs: HashMap<String, Vec<Action>> =
+            org_ids.iter().map(|o| (o.clone(), Vec::new())).collect();
+        if org_ids.is_empty() {
+            return Ok(orgs);
+        }
+        let placeholders = vec!["?"; org_ids.len()].join(", ");
         let sql = format!(
-            "SELECT ?fields FROM `{}` FINAL WHERE org_id = ? ORDER BY seq, id",
+            "SELECT ?fields FROM `{}` WHERE org_id IN ({placeholders}) ORDER BY org_id, seq, id",
             self.table
         );
-        let query = self.client.query(&sql).bind(org_id);
+        let mut query = self.client.query(&sql);
+        for org_id in org_ids {
+            query = query.bind(org_id.as_str());
+        }
         let rows = self
             .bounded("org_actions", query.fetch_all::<ActionRow>())
             .await?;
-        rows.into_iter().map(Action::try_from).collect()
+        let mut seen = HashSet::new();
+        for row in rows {
+            if !seen.insert((row.org_id.clone(), row.id.clone())) {
+                continue;
+            }
+            let action = Action::try_from(row)?;
+            orgs.entry(action.org_id.clone()).or_default().push(action);
+        }
+        Ok(orgs)
     }
 
     pub async fn recent_actions(

@@ -147,13 +147,28 @@ impl EmbeddedStore {
     }
 
     pub async fn org_actions(&self, org_id: &str) -> Result<Vec<Action>, StoreError> {
-        let org_id = org_id.to_owned();
+        let mut orgs = self.actions_of_orgs(&[org_id.to_owned()]).await?;
+        Ok(orgs.remove(org_id).unwrap_or_default())
+    }
+
+    /// Every action of each org, read on one connection.
+    pub async fn actions_of_orgs(
+        &self,
+        org_ids: &[String],
+    ) -> Result<HashMap<String, Vec<Action>>, StoreError> {
+        let org_ids = org_ids.to_vec();
         self.with_conn(move |c| {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM actions WHERE org_id = ?1 ORDER BY seq ASC"
             ))?;
-            let rows = stmt.query_map([org_id], action_from_row)?;
-            rows.collect()
+            let mut orgs = HashMap::with_capacity(org_ids.len());
+            for org_id in org_ids {
+                let actions = stmt
+                    .query_map([&org_id], action_from_row)?
+                    .collect::<Result<Vec<_>, _>>()?;
+                orgs.insert(org_id, actions);
+            }
+            Ok(orgs)
         })
         .await
     }

@@ -10,6 +10,8 @@ mod embedded;
 pub use self::clickhouse::{ClickHouseSettings, ClickHouseStore};
 pub use self::embedded::EmbeddedStore;
 
+use std::collections::HashMap;
+
 use crate::model::Action;
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +66,18 @@ impl ActionStore {
         match self {
             ActionStore::Embedded(s) => s.org_actions(org_id).await,
             ActionStore::ClickHouse(s) => s.org_actions(org_id).await,
+        }
+    }
+
+    /// Every action of each of `org_ids` (one entry per org, maybe empty),
+    /// oldest first, one row per id, read together.
+    pub async fn actions_of_orgs(
+        &self,
+        org_ids: &[String],
+    ) -> Result<HashMap<String, Vec<Action>>, StoreError> {
+        match self {
+            ActionStore::Embedded(s) => s.actions_of_orgs(org_ids).await,
+            ActionStore::ClickHouse(s) => s.actions_of_orgs(org_ids).await,
         }
     }
 
