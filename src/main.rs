@@ -6,6 +6,9 @@ use entitlements::configuration::Settings;
 use entitlements::startup::Application;
 use entitlements::telemetry;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Sells one-time packs through Stripe and turns payments into live
 /// per-org entitlements.
 #[derive(Parser)]
@@ -52,7 +55,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn serve(settings: Settings) -> std::process::ExitCode {
-    telemetry::init(settings.logging.format);
+    let _log_writer = telemetry::init(settings.logging.format);
     let result = actix::System::new().block_on(async move {
         let app = Application::build(settings).await?;
         tracing::info!(port = app.port(), "listening");

@@ -1,14 +1,24 @@
 //! Logging: `tracing` to stdout, human-readable or JSON lines.
 //! `RUST_LOG` filters (default `info`).
+//!
+//! Lines are written by a dedicated thread: a write to a slow stdout (a
+//! full pipe) must never stall an actor or an HTTP worker. If that thread
+//! falls more than its buffer behind, lines are dropped rather than
+//! payments delayed; the audit trail is the action store, not the log.
 
+use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
 
 use crate::configuration::LogFormat;
 
-pub fn init(format: LogFormat) {
+/// Installs the subscriber. Keep the guard until exit: dropping it flushes
+/// the lines still buffered.
+pub fn init(format: LogFormat) -> WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    // try_init: tests start several apps in one process.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
     let _ = match format {
         LogFormat::Pretty => builder.try_init(),
         LogFormat::Json => builder
@@ -17,4 +27,5 @@ pub fn init(format: LogFormat) {
             .with_span_list(true)
             .try_init(),
     };
+    guard
 }
