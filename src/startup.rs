@@ -31,7 +31,6 @@ pub struct AppState {
     pub closing: watch::Receiver<bool>,
     pub products: Arc<[Product]>,
     pub directory: OrgDirectory,
-    pub stripe: Bounded<StripeActor>,
     pub hub: Addr<SseHub>,
     pub persistence: Addr<PersistenceActor>,
     pub metrics: Metrics,
@@ -136,29 +135,40 @@ impl Application {
                 StripeActor::new(stripe_api.clone(), dir, store, metrics.clone())
             })
         };
-        // Webhooks and reconciliation share the StripeActor's bound.
-        let stripe = Bounded::new(stripe, settings.orgs.mailbox * 16);
+        let stripe_mailbox = settings.orgs.mailbox * 16;
         let directory = directory.expect("set while creating the StripeActor");
         if settings.stripe.reconcile_interval_secs > 0 {
             let interval = Duration::from_secs(settings.stripe.reconcile_interval_secs);
-            let (stripe, store, metrics) = (stripe.clone(), store.clone(), metrics.clone());
-            Reconciler::new(stripe_api, stripe, store, interval, metrics).start();
+            let stripe = Bounded::new(stripe, stripe_mailbox);
+            let (api, store, metrics) = (stripe_api.clone(), store.clone(), metrics.clone());
+            Reconciler::new(api, stripe, store, interval, metrics).start();
         }
 
         let (closing_tx, closing) = watch::channel(false);
+        let (worker_store, worker_metrics) = (store.clone(), metrics.clone());
         let state = web::Data::new(AppState {
             settings: settings.clone(),
             closing,
             products,
-            directory,
-            stripe,
+            directory: directory.clone(),
             hub,
             persistence: persistence.clone(),
             metrics,
         });
         let server = HttpServer::new(move || {
+            // Each HTTP worker gets its own StripeActor, on the worker's
+            // thread: a verified webhook reaches it without a thread hop,
+            // and the event routing it runs is spread over the workers.
+            let webhooks = StripeActor::new(
+                stripe_api.clone(),
+                directory.clone(),
+                worker_store.clone(),
+                worker_metrics.clone(),
+            )
+            .start();
             App::new()
                 .app_data(state.clone())
+                .app_data(web::Data::new(Bounded::new(webhooks, stripe_mailbox)))
                 .configure(routes::configure)
         })
         .listen(listener)?

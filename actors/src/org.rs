@@ -167,6 +167,8 @@ pub struct OrgDeps {
     pub metrics: Metrics,
 }
 
+// One per actor and `Ready` nearly always: boxing would only add a hop.
+#[allow(clippy::large_enum_variant)]
 enum State {
     Loading,
     Ready {
@@ -191,9 +193,12 @@ struct Pending {
     action: Option<Action>,
     /// The write's result, once it is back.
     written: Option<Result<(), PersistError>>,
-    answer: Box<dyn FnOnce(Result<&Ledger, OrgError>)>,
+    answer: Answer,
     span: tracing::Span,
 }
+
+/// Sends a change's answer, given the durable ledger it was applied to.
+type Answer = Box<dyn FnOnce(Result<&Ledger, OrgError>)>;
 
 pub struct OrgActor {
     org_id: String,

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
@@ -96,6 +96,11 @@ struct Args {
     /// emulator behind the service.
     #[arg(long, default_value_t = 0)]
     payment_intents: usize,
+    /// Pace webhook sends at this many per second in all (0: as fast as the
+    /// service answers). For latency at a given load, e.g. half the rate
+    /// an unpaced run reached; the summary shows the rate achieved.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
     /// Then send as many `GET /healthz` with the same concurrency and client,
     /// and report the throughput ratio service / healthz.
     #[arg(long)]
@@ -191,6 +196,23 @@ struct Ctx {
     transport_errors: AtomicU64,
     codes_503: Mutex<BTreeMap<String, u64>>,
     progress: ProgressBar,
+    /// With `--rate`, from the load's start: send n goes out at
+    /// `start + n / rate`.
+    pace: OnceLock<Pace>,
+}
+
+struct Pace {
+    start: tokio::time::Instant,
+    interval: Duration,
+    sends: AtomicU64,
+}
+
+impl Pace {
+    async fn next_slot(&self) {
+        let n = self.sends.fetch_add(1, Ordering::Relaxed);
+        let at = self.start + self.interval.mul_f64(n as f64);
+        tokio::time::sleep_until(at).await;
+    }
 }
 
 impl Ctx {
@@ -327,6 +349,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         transport_errors: AtomicU64::new(0),
         codes_503: Mutex::new(BTreeMap::new()),
         progress,
+        pace: OnceLock::new(),
         args: args.clone(),
     });
 
@@ -377,6 +400,14 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     );
     let ticker = (!tty && !args.json_only).then(|| spawn_ticker(ctx.clone()));
     ctx.progress.reset();
+    if args.rate > 0.0 {
+        let pace = Pace {
+            start: tokio::time::Instant::now(),
+            interval: Duration::from_secs_f64(1.0 / args.rate),
+            sends: AtomicU64::new(0),
+        };
+        let _ = ctx.pace.set(pace);
+    }
     let started = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
     let workers: Vec<_> = (0..args.concurrency)
@@ -517,6 +548,9 @@ async fn deliver(ctx: &Ctx, event: &Event) -> bool {
     let url = format!("{}/webhooks/stripe", ctx.base);
     let mut backoff = Duration::from_millis(50);
     for attempt in 1..=ctx.args.max_attempts {
+        if let Some(pace) = ctx.pace.get() {
+            pace.next_slot().await;
+        }
         let signature = sign(&event.body, &ctx.webhook_secret, unix_now());
         let permit = ctx.inflight.acquire().await.expect("never closed");
         let start = Instant::now();
@@ -1123,8 +1157,13 @@ impl Report<'_> {
                 "loadtest run {} (seed {}) against {}",
                 self.prefix, self.seed, a.base_url
             );
+            let paced = if a.rate > 0.0 {
+                format!(", paced at {} webhooks/s", a.rate)
+            } else {
+                String::new()
+            };
             println!(
-                "{} orgs × {} payments, concurrency {}, {} subscriber(s)/org, SKUs: {}",
+                "{} orgs × {} payments, concurrency {}{paced}, {} subscriber(s)/org, SKUs: {}",
                 a.orgs,
                 a.payments,
                 a.concurrency,
@@ -1229,6 +1268,7 @@ impl Report<'_> {
             "orgs": self.args.orgs,
             "payments": self.args.payments,
             "concurrency": self.args.concurrency,
+            "pacedRate": self.args.rate,
             "subscribersPerOrg": self.args.subscribers,
             "events": self.stats.events,
             "deliveries": self.stats.deliveries,

@@ -1,8 +1,8 @@
 use actix_web::{web, HttpRequest, HttpResponse};
-use actors::ask::AskError;
+use actors::ask::{AskError, Bounded};
 use actors::metrics::{Mailbox, WebhookOutcome};
 use actors::org::Outcome;
-use actors::stripe::HandleEvent;
+use actors::stripe::{HandleEvent, StripeActor};
 use actors::{signature, stripe_event};
 use futures_util::StreamExt;
 use serde::Serialize;
@@ -56,8 +56,9 @@ pub async fn stripe_webhook(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
+    stripe: web::Data<Bounded<StripeActor>>,
 ) -> Result<HttpResponse, ApiError> {
-    let result = handle(&req, payload, &state).await;
+    let result = handle(&req, payload, &state, &stripe).await;
     state.metrics.webhook(match &result {
         Ok(Outcome::Recorded) => WebhookOutcome::Recorded,
         Ok(Outcome::Duplicate) => WebhookOutcome::Duplicate,
@@ -76,6 +77,7 @@ async fn handle(
     req: &HttpRequest,
     payload: web::Payload,
     state: &AppState,
+    stripe_actor: &Bounded<StripeActor>,
 ) -> Result<Outcome, ApiError> {
     let body = read_limited(payload, state.settings.server.max_body_bytes).await?;
     let header = req
@@ -95,7 +97,7 @@ async fn handle(
 
     let span = tracing::info_span!("webhook", event_id = %event.id, event_type = %event.event_type);
     async move {
-        let outcome = match state.stripe.ask(HandleEvent(event)).await {
+        let outcome = match stripe_actor.ask(HandleEvent(event)).await {
             Ok(answer) => answer?,
             Err(AskError::Full(_)) => {
                 state.metrics.mailbox_full(Mailbox::Stripe);
