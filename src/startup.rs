@@ -12,11 +12,11 @@ use actors::ask::Bounded;
 use actors::directory::OrgDirectory;
 use actors::metrics::Metrics;
 use actors::org::{OrgDeps, OrgSettings, Product};
-use actors::org_loader::OrgLoader;
 use actors::persistence::{Drain, PersistenceActor, PersistenceSettings};
 use actors::reconciler::Reconciler;
 use actors::sse_hub::SseHub;
 use actors::store::{ActionStore, ClickHouseSettings, ClickHouseStore, EmbeddedStore};
+use actors::store_reader::StoreReader;
 use actors::stripe::{StripeActor, StripeApi, StripeSettings};
 use tokio::sync::watch;
 
@@ -68,13 +68,14 @@ impl Application {
         let port = listener.local_addr()?.port();
 
         let batch_max_rows = settings.persistence.batch_max_rows;
+        // ClickHouse wants few, large queries; SQLite's are cheap.
+        let query_spacing = match settings.store.backend {
+            Backend::ClickHouse => Duration::from_millis(settings.persistence.batch_max_ms),
+            Backend::Embedded => Duration::ZERO,
+        };
         let persistence_settings = PersistenceSettings {
             batch_max_rows,
-            // ClickHouse wants few, large inserts; SQLite commits are cheap.
-            min_interval: match settings.store.backend {
-                Backend::ClickHouse => Duration::from_millis(settings.persistence.batch_max_ms),
-                Backend::Embedded => Duration::ZERO,
-            },
+            min_interval: query_spacing,
             write_timeout: STORE_TIMEOUT,
             max_pending: batch_max_rows * 8,
         };
@@ -113,9 +114,10 @@ impl Application {
             .map(|_| Arbiter::new().handle())
             .collect();
 
-        // Bounded like the org actors that wait on it: thousands of orgs
-        // starting at once queue here, beyond that a load fails fast (503).
-        let loader = OrgLoader::new(store.clone(), 16 * 1024, metrics.clone()).start();
+        // Thousands of orgs starting at once queue here; beyond that a read
+        // fails fast (503) rather than growing without bound.
+        let reader =
+            StoreReader::new(store.clone(), query_spacing, 16 * 1024, metrics.clone()).start();
 
         let mut directory = None;
         let stripe = {
@@ -123,7 +125,7 @@ impl Application {
             StripeActor::create(|ctx| {
                 let deps = OrgDeps {
                     store: store.clone(),
-                    loader: loader.recipient(),
+                    loader: reader.clone().recipient(),
                     persistence: persistence.recipient(),
                     hub: hub.recipient(),
                     stripe: ctx.address().recipient(),
@@ -132,7 +134,12 @@ impl Application {
                 };
                 let dir = OrgDirectory::new(deps, arbiters.clone());
                 directory = Some(dir.clone());
-                StripeActor::new(stripe_api.clone(), dir, store, metrics.clone())
+                StripeActor::new(
+                    stripe_api.clone(),
+                    dir,
+                    reader.clone().recipient(),
+                    metrics.clone(),
+                )
             })
         };
         let stripe_mailbox = settings.orgs.mailbox * 16;
@@ -145,7 +152,7 @@ impl Application {
         }
 
         let (closing_tx, closing) = watch::channel(false);
-        let (worker_store, worker_metrics) = (store.clone(), metrics.clone());
+        let (worker_reader, worker_metrics) = (reader.clone(), metrics.clone());
         let state = web::Data::new(AppState {
             settings: settings.clone(),
             closing,
@@ -162,7 +169,7 @@ impl Application {
             let webhooks = StripeActor::new(
                 stripe_api.clone(),
                 directory.clone(),
-                worker_store.clone(),
+                worker_reader.clone().recipient(),
                 worker_metrics.clone(),
             )
             .start();

@@ -71,11 +71,11 @@ async fn one_org_s_concurrent_webhooks_share_inserts_and_keep_a_gapless_order() 
     let ent = app.entitlements("busy").await;
     assert_eq!(ent["seq"], 50);
     assert_eq!(ent["entitlements"][SKU], true);
-    clickhouse_query(&format!("DROP TABLE {table}")).await;
+    drop_table(&table).await;
 }
 
 #[tokio::test]
-async fn orgs_starting_together_are_loaded_with_few_queries() {
+async fn orgs_starting_together_and_their_bare_refunds_are_read_with_few_queries() {
     let table = unique_table("t_cold");
     let app = spawn_clickhouse(&table).await;
     let orgs: Vec<String> = (0..200).map(|i| format!("cold{i}")).collect();
@@ -101,7 +101,34 @@ async fn orgs_starting_together_are_loaded_with_few_queries() {
     let queries = app.metric("entitlements_org_load_orgs_count").await;
     assert_eq!(loaded, 200);
     assert!(queries * 4 <= 200, "{queries} queries loaded 200 orgs");
-    clickhouse_query(&format!("DROP TABLE {table}")).await;
+
+    // Refunds without metadata, all at once: each org is found through its
+    // PaymentIntent, the lookups grouped the same way.
+    let refunds: Vec<Value> = (0..200)
+        .step_by(2)
+        .map(|i| {
+            refunded(
+                &format!("evt_cold_refund_{i}"),
+                &format!("pi_cold_{i}"),
+                None,
+            )
+        })
+        .collect();
+    let sends = refunds.iter().map(|e| app.deliver(e));
+    futures_util::future::join_all(sends).await;
+    for (i, org) in orgs.iter().enumerate().step_by(2) {
+        let ent = app.entitlements(org).await;
+        assert_eq!(ent["seq"], 2, "{org}: {ent}");
+        assert_eq!(ent["entitlements"][SKU], false, "{org} ({i}): {ent}");
+    }
+    let looked_up = app.metric("entitlements_intent_lookups_sum").await;
+    let lookups = app.metric("entitlements_intent_lookups_count").await;
+    assert_eq!(looked_up, 100);
+    assert!(
+        lookups * 4 <= 100,
+        "{lookups} queries looked up 100 PaymentIntents"
+    );
+    drop_table(&table).await;
 }
 
 #[tokio::test]
@@ -150,7 +177,7 @@ async fn a_thousand_concurrent_webhooks_over_a_hundred_orgs_are_a_thousand_rows_
         assert_eq!(ent["entitlements"][SKU], true);
         assert_eq!(ent["seq"], 10);
     }
-    clickhouse_query(&format!("DROP TABLE {table}")).await;
+    drop_table(&table).await;
 }
 
 #[tokio::test]
@@ -202,7 +229,7 @@ async fn a_restart_rebuilds_state_from_clickhouse_and_repeated_rows_collapse() {
     assert_eq!(ent["seq"], 5);
     assert_eq!(ent["entitlements"][SKU], false);
     assert_eq!(app.actions("acme").await.len(), 5);
-    clickhouse_query(&format!("DROP TABLE {table}")).await;
+    drop_table(&table).await;
 }
 
 #[tokio::test]
@@ -284,5 +311,5 @@ async fn kill_9_of_the_service_mid_load_then_redelivery_ends_exactly_as_the_even
     })
     .collect();
     assert_eq!(counts["ids"], 100 * 2 + 34, "{counts:?}");
-    clickhouse_query(&format!("DROP TABLE {table}")).await;
+    drop_table(&table).await;
 }

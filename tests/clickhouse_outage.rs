@@ -149,5 +149,5 @@ async fn clickhouse_killed_and_restarted_mid_load_loses_nothing_and_doubles_noth
         .map(str::to_owned)
         .collect();
     assert_eq!(ids.len(), 60 * 2 + 20);
-    clickhouse_query(&format!("DROP TABLE {table}")).await;
+    drop_table(&table).await;
 }

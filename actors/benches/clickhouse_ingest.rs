@@ -175,6 +175,8 @@ impl Server {
     }
 
     fn drop_table(&self, table: &str) {
+        let view = ClickHouseStore::intent_view(table);
+        self.query(&format!("DROP TABLE IF EXISTS `{view}`"));
         self.query(&format!("DROP TABLE IF EXISTS `{table}`"));
     }
 }

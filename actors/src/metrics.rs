@@ -87,6 +87,7 @@ pub struct Inner {
     pub batch_rows: Histogram,
     pub flush_seconds: Histogram,
     pub org_load_orgs: Histogram,
+    pub intent_lookups: Histogram,
     pub persisted_batches: Counter,
     pub persisted_rows: Counter,
     pub store_errors: Counter,
@@ -112,6 +113,7 @@ impl Metrics {
             batch_rows: Histogram::new(exponential_buckets(1.0, 4.0, 9)),
             flush_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             org_load_orgs: Histogram::new(exponential_buckets(1.0, 2.0, 8)),
+            intent_lookups: Histogram::new(exponential_buckets(1.0, 2.0, 8)),
             persisted_batches: Counter::default(),
             persisted_rows: Counter::default(),
             store_errors: Counter::default(),
@@ -146,6 +148,11 @@ impl Metrics {
             "org_load_orgs",
             "Orgs whose history one store read loaded (org actors starting)",
             inner.org_load_orgs.clone(),
+        );
+        registry.register(
+            "intent_lookups",
+            "PaymentIntents one store read looked up the org of (refunds and disputes without metadata)",
+            inner.intent_lookups.clone(),
         );
         registry.register(
             "persist_batches",

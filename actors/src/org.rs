@@ -27,10 +27,10 @@ use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::model::{now_ms, Action, ActionKind, ActionStatus};
 use crate::org_event::{Entitlements, OrgEvent, Snapshot};
-use crate::org_loader::{self, LoadOrg};
 use crate::persistence::{self, Persist, PersistError};
 use crate::sse_hub::Publish;
 use crate::store::ActionStore;
+use crate::store_reader::{self, LoadOrg};
 use crate::stripe::{CreatePaymentIntent, OpenIntent, StripeError};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -442,7 +442,7 @@ impl Actor for OrgActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.deps.metrics.live_org_actors.inc();
-        let history = org_loader::load(&self.deps.loader, self.org_id.clone());
+        let history = store_reader::load_org(&self.deps.loader, self.org_id.clone());
         // ctx.wait: no message is handled before the state is rebuilt.
         ctx.wait(history.into_actor(self).map(|result, act, _| match result {
             Ok(actions) => {

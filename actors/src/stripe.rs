@@ -19,7 +19,8 @@ use crate::directory::OrgDirectory;
 use crate::metrics::{EventOutcome, Metrics};
 use crate::model::ActionKind;
 use crate::org::{ApplyPayment, ApplyRevocation, OrgError, Outcome};
-use crate::store::{ActionStore, PaymentIntentOwner};
+use crate::store::PaymentIntentOwner;
+use crate::store_reader::{find_intent_owner, FindIntentOwner};
 use crate::stripe_event::{EventEffect, RevocationKind, StripeEvent};
 
 #[derive(Clone, Debug)]
@@ -199,7 +200,8 @@ impl StripeApi {
 pub struct StripeActor {
     api: StripeApi,
     directory: OrgDirectory,
-    store: ActionStore,
+    /// Where a PaymentIntent's org is looked up for events without metadata.
+    owners: Recipient<FindIntentOwner>,
     metrics: Metrics,
 }
 
@@ -207,13 +209,13 @@ impl StripeActor {
     pub fn new(
         api: StripeApi,
         directory: OrgDirectory,
-        store: ActionStore,
+        owners: Recipient<FindIntentOwner>,
         metrics: Metrics,
     ) -> Self {
         Self {
             api,
             directory,
-            store,
+            owners,
             metrics,
         }
     }
@@ -311,10 +313,10 @@ impl Handler<Ask<HandleEvent>> for StripeActor {
     ) {
         let api = self.api.clone();
         let directory = self.directory.clone();
-        let store = self.store.clone();
+        let owners = self.owners.clone();
         let metrics = self.metrics.clone();
         actix::spawn(async move {
-            let answer = route(event, &api, &directory, &store).await;
+            let answer = route(event, &api, &directory, &owners).await;
             match answer {
                 Ok(Outcome::Recorded) => metrics.event(EventOutcome::Applied),
                 Ok(Outcome::Duplicate) => metrics.event(EventOutcome::Duplicate),
@@ -332,7 +334,7 @@ async fn route(
     event: StripeEvent,
     api: &StripeApi,
     directory: &OrgDirectory,
-    store: &ActionStore,
+    owners: &Recipient<FindIntentOwner>,
 ) -> Result<Outcome, OrgError> {
     let event_id = event.id;
     match event.effect {
@@ -363,7 +365,7 @@ async fn route(
                 // No metadata on the charge: the PaymentIntent leads back
                 // to the org through the action log or, when it arrives
                 // before the payment's success, through Stripe itself.
-                None => match store.payment_intent_owner(&payment_intent_id).await {
+                None => match find_intent_owner(owners, payment_intent_id.clone()).await {
                     Ok(Some(owner)) => (owner.org_id, facts.sku.or(Some(owner.sku))),
                     Ok(None) => match api.payment_intent_owner(&payment_intent_id).await? {
                         Some(owner) if valid_org_id(&owner.org_id) => {

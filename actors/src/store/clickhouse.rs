@@ -94,6 +94,7 @@ struct ActionRow {
 
 #[derive(Row, Deserialize)]
 struct OwnerRow {
+    external_id: String,
     org_id: String,
     sku: String,
 }
@@ -205,7 +206,27 @@ impl ClickHouseStore {
             self.table
         );
         self.bounded("migrate", self.client.query(&sql).execute())
+            .await?;
+        // Refunds and disputes often carry no metadata, so their org is
+        // found from the PaymentIntent. The actions table is sorted by org,
+        // so that lookup would scan it whole; this view keeps each
+        // PaymentIntent's org sorted by PaymentIntent, filled by every
+        // INSERT into the table (POPULATE copies what is there when the
+        // view is first made).
+        let by_intent = format!(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS `{view}`
+            ENGINE = ReplacingMergeTree() ORDER BY external_id
+            POPULATE AS SELECT external_id, org_id, sku FROM `{table}`",
+            view = Self::intent_view(&self.table),
+            table = self.table
+        );
+        self.bounded("migrate", self.client.query(&by_intent).execute())
             .await
+    }
+
+    /// The materialized view of `table`'s PaymentIntent owners.
+    pub fn intent_view(table: &str) -> String {
+        format!("{table}_by_intent")
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
@@ -287,25 +308,38 @@ impl ClickHouseStore {
         rows.into_iter().map(Action::try_from).collect()
     }
 
-    /// Any one matching row answers, and copies of an action agree on org and
-    /// SKU, so this read needs no `FINAL`. `external_id` is not in the sorting
-    /// key, so it scans the table; it only runs for events lacking metadata.
-    pub async fn payment_intent_owner(
+    /// The org and SKU of each PaymentIntent the view knows. Any one row
+    /// answers (every action about a PaymentIntent names the same org and
+    /// SKU), so this read needs no `FINAL`.
+    pub async fn owners_of_intents(
         &self,
-        payment_intent_id: &str,
-    ) -> Result<Option<PaymentIntentOwner>, StoreError> {
+        payment_intent_ids: &[String],
+    ) -> Result<HashMap<String, PaymentIntentOwner>, StoreError> {
+        if payment_intent_ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let placeholders = vec!["?"; payment_intent_ids.len()].join(", ");
         let sql = format!(
-            "SELECT ?fields FROM `{}` WHERE external_id = ? LIMIT 1",
-            self.table
+            "SELECT ?fields FROM `{}` WHERE external_id IN ({placeholders})",
+            Self::intent_view(&self.table)
         );
-        let query = self.client.query(&sql).bind(payment_intent_id);
-        let row = self
-            .bounded("payment_intent_owner", query.fetch_optional::<OwnerRow>())
+        let mut query = self.client.query(&sql);
+        for id in payment_intent_ids {
+            query = query.bind(id.as_str());
+        }
+        let rows = self
+            .bounded("owners_of_intents", query.fetch_all::<OwnerRow>())
             .await?;
-        Ok(row.map(|r| PaymentIntentOwner {
-            org_id: r.org_id,
-            sku: r.sku,
-        }))
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let owner = PaymentIntentOwner {
+                    org_id: r.org_id,
+                    sku: r.sku,
+                };
+                (r.external_id, owner)
+            })
+            .collect())
     }
 
     /// When the newest action caused by a Stripe event was recorded.

@@ -189,23 +189,29 @@ impl EmbeddedStore {
         .await
     }
 
-    pub async fn payment_intent_owner(
+    pub async fn owners_of_intents(
         &self,
-        payment_intent_id: &str,
-    ) -> Result<Option<PaymentIntentOwner>, StoreError> {
-        let pi = payment_intent_id.to_owned();
+        payment_intent_ids: &[String],
+    ) -> Result<HashMap<String, PaymentIntentOwner>, StoreError> {
+        let ids = payment_intent_ids.to_vec();
         self.with_conn(move |c| {
-            c.query_row(
-                "SELECT org_id, sku FROM actions WHERE external_id = ?1 LIMIT 1",
-                [pi],
-                |r| {
-                    Ok(PaymentIntentOwner {
-                        org_id: r.get(0)?,
-                        sku: r.get(1)?,
+            let mut stmt =
+                c.prepare_cached("SELECT org_id, sku FROM actions WHERE external_id = ?1 LIMIT 1")?;
+            let mut owners = HashMap::new();
+            for id in ids {
+                let owner = stmt
+                    .query_row([&id], |r| {
+                        Ok(PaymentIntentOwner {
+                            org_id: r.get(0)?,
+                            sku: r.get(1)?,
+                        })
                     })
-                },
-            )
-            .optional()
+                    .optional()?;
+                if let Some(owner) = owner {
+                    owners.insert(id, owner);
+                }
+            }
+            Ok(owners)
         })
         .await
     }

@@ -102,15 +102,16 @@ impl ActionStore {
         }
     }
 
-    /// Which org and SKU a PaymentIntent belongs to, from any action about it.
-    /// Used when a charge or dispute arrives without metadata.
-    pub async fn payment_intent_owner(
+    /// The org and SKU of each of `payment_intent_ids` that has a recorded
+    /// action (absent: none), read together. Used when a charge or dispute
+    /// arrives without metadata.
+    pub async fn owners_of_intents(
         &self,
-        payment_intent_id: &str,
-    ) -> Result<Option<PaymentIntentOwner>, StoreError> {
+        payment_intent_ids: &[String],
+    ) -> Result<HashMap<String, PaymentIntentOwner>, StoreError> {
         match self {
-            ActionStore::Embedded(s) => s.payment_intent_owner(payment_intent_id).await,
-            ActionStore::ClickHouse(s) => s.payment_intent_owner(payment_intent_id).await,
+            ActionStore::Embedded(s) => s.owners_of_intents(payment_intent_ids).await,
+            ActionStore::ClickHouse(s) => s.owners_of_intents(payment_intent_ids).await,
         }
     }
 }

@@ -1,0 +1,273 @@
+//! StoreReader: grouped reads, the read-side twin of the PersistenceActor's
+//! group commit.
+//!
+//! Two reads happen per request rather than per deploy: an org actor
+//! rebuilding its state when it starts, and a refund or dispute without
+//! metadata looking up which org its PaymentIntent belongs to. On
+//! ClickHouse every query has a fixed cost of milliseconds of server CPU,
+//! so one query per request would cost more than the writes. Here the keys
+//! waiting are read together, `MAX_KEYS_PER_READ` to a query, with a few
+//! queries in flight. Rounds of reads start at most once per `min_interval`
+//! (the group commit's spacing on ClickHouse, none on SQLite), so that keys
+//! gather between them; a lone key after a quiet spell is read at once.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use tokio::sync::oneshot;
+
+use crate::metrics::Metrics;
+use crate::model::Action;
+use crate::store::{ActionStore, PaymentIntentOwner, StoreError};
+
+/// Keys named in one query: keeps each answer (and its `IN` list) modest.
+const MAX_KEYS_PER_READ: usize = 128;
+/// Queries in flight at once.
+const MAX_READS_IN_FLIGHT: usize = 4;
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// Read one org's actions, oldest first; send it with [`load_org`].
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LoadOrg {
+    pub org_id: String,
+    pub reply: Reply<Vec<Action>>,
+}
+
+/// Which org and SKU a PaymentIntent's payments were recorded for, if any;
+/// send it with [`find_intent_owner`].
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FindIntentOwner {
+    pub payment_intent_id: String,
+    pub reply: Reply<Option<PaymentIntentOwner>>,
+}
+
+/// Asks the reader for `org_id`'s actions.
+pub fn load_org(
+    to: &Recipient<LoadOrg>,
+    org_id: String,
+) -> impl Future<Output = Result<Vec<Action>, StoreError>> + 'static {
+    let (reply, answer) = oneshot::channel();
+    to.do_send(LoadOrg { org_id, reply });
+    stopped_is_unavailable(answer)
+}
+
+/// Asks the reader who owns `payment_intent_id`.
+pub fn find_intent_owner(
+    to: &Recipient<FindIntentOwner>,
+    payment_intent_id: String,
+) -> impl Future<Output = Result<Option<PaymentIntentOwner>, StoreError>> + 'static {
+    let (reply, answer) = oneshot::channel();
+    to.do_send(FindIntentOwner {
+        payment_intent_id,
+        reply,
+    });
+    stopped_is_unavailable(answer)
+}
+
+async fn stopped_is_unavailable<T>(
+    answer: oneshot::Receiver<Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    answer
+        .await
+        .unwrap_or_else(|_| Err(StoreError::Unavailable("the store reader stopped".into())))
+}
+
+/// Sent to itself: read what waits once the mailbox is drained.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Flush;
+
+pub struct StoreReader {
+    store: ActionStore,
+    orgs: Vec<(String, Reply<Vec<Action>>)>,
+    intents: Vec<(String, Reply<Option<PaymentIntentOwner>>)>,
+    reads_in_flight: usize,
+    min_interval: Duration,
+    last_round: Option<Instant>,
+    timer_armed: bool,
+    /// Which kind the last read was, so that neither kind starves the other.
+    last_read_orgs: bool,
+    flush_scheduled: bool,
+    /// Keys allowed to wait; beyond it a read fails at once (its request
+    /// answers 503 and Stripe or the browser tries again).
+    max_waiting: usize,
+    metrics: Metrics,
+}
+
+impl StoreReader {
+    pub fn new(
+        store: ActionStore,
+        min_interval: Duration,
+        max_waiting: usize,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            store,
+            orgs: Vec::new(),
+            intents: Vec::new(),
+            reads_in_flight: 0,
+            min_interval,
+            last_round: None,
+            timer_armed: false,
+            last_read_orgs: false,
+            flush_scheduled: false,
+            max_waiting,
+            metrics,
+        }
+    }
+
+    fn admit(&mut self, ctx: &mut Context<Self>) -> Result<(), StoreError> {
+        if self.orgs.len() + self.intents.len() >= self.max_waiting {
+            return Err(StoreError::Unavailable(
+                "too many store reads are waiting; try again".into(),
+            ));
+        }
+        if !self.flush_scheduled {
+            // Behind the messages already queued, so that requests arriving
+            // together are read together.
+            self.flush_scheduled = true;
+            ctx.notify(Flush);
+        }
+        Ok(())
+    }
+
+    fn read_waiting(&mut self, ctx: &mut Context<Self>) {
+        if self.orgs.is_empty() && self.intents.is_empty() {
+            return;
+        }
+        let wait = self
+            .last_round
+            .map(|t| self.min_interval.saturating_sub(t.elapsed()))
+            .unwrap_or_default();
+        if !wait.is_zero() {
+            if !self.timer_armed {
+                self.timer_armed = true;
+                ctx.run_later(wait, |act, ctx| {
+                    act.timer_armed = false;
+                    act.read_waiting(ctx);
+                });
+            }
+            return;
+        }
+        if self.reads_in_flight < MAX_READS_IN_FLIGHT {
+            self.last_round = Some(Instant::now());
+        }
+        while self.reads_in_flight < MAX_READS_IN_FLIGHT {
+            let orgs_next =
+                !self.orgs.is_empty() && (self.intents.is_empty() || !self.last_read_orgs);
+            if orgs_next {
+                self.last_read_orgs = true;
+                let batch = take_batch(&mut self.orgs);
+                let org_ids: Vec<String> = batch.keys().cloned().collect();
+                self.metrics.org_load_orgs.observe(org_ids.len() as f64);
+                let store = self.store.clone();
+                let read = async move { store.actions_of_orgs(&org_ids).await };
+                self.spawn_read(ctx, read, batch, Option::unwrap_or_default);
+            } else if !self.intents.is_empty() {
+                self.last_read_orgs = false;
+                let batch = take_batch(&mut self.intents);
+                let ids: Vec<String> = batch.keys().cloned().collect();
+                self.metrics.intent_lookups.observe(ids.len() as f64);
+                let store = self.store.clone();
+                let read = async move { store.owners_of_intents(&ids).await };
+                self.spawn_read(ctx, read, batch, std::convert::identity);
+            } else {
+                return;
+            }
+        }
+    }
+
+    fn spawn_read<V, T>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        read: impl Future<Output = Result<HashMap<String, V>, StoreError>> + 'static,
+        batch: HashMap<String, Vec<Reply<T>>>,
+        finish: fn(Option<V>) -> T,
+    ) where
+        V: 'static,
+        T: Clone + 'static,
+    {
+        self.reads_in_flight += 1;
+        ctx.spawn(read.into_actor(self).map(move |result, act, ctx| {
+            act.reads_in_flight -= 1;
+            answer(batch, result, finish);
+            act.read_waiting(ctx);
+        }));
+    }
+}
+
+/// Takes up to `MAX_KEYS_PER_READ` waiting requests, grouped by key: the
+/// same key twice (an org actor restarted while its predecessor's load
+/// waited) is read once and answered twice.
+fn take_batch<T>(waiting: &mut Vec<(String, Reply<T>)>) -> HashMap<String, Vec<Reply<T>>> {
+    let take = waiting.len().min(MAX_KEYS_PER_READ);
+    let mut batch: HashMap<String, Vec<Reply<T>>> = HashMap::new();
+    for (key, reply) in waiting.drain(..take) {
+        batch.entry(key).or_default().push(reply);
+    }
+    batch
+}
+
+fn answer<V, T: Clone>(
+    batch: HashMap<String, Vec<Reply<T>>>,
+    result: Result<HashMap<String, V>, StoreError>,
+    finish: fn(Option<V>) -> T,
+) {
+    match result {
+        Ok(mut found) => {
+            for (key, mut replies) in batch {
+                let value = finish(found.remove(&key));
+                let last = replies.pop().expect("every key has a reply");
+                for reply in replies {
+                    let _ = reply.send(Ok(value.clone()));
+                }
+                let _ = last.send(Ok(value));
+            }
+        }
+        Err(StoreError::Unavailable(msg)) => {
+            for reply in batch.into_values().flatten() {
+                let _ = reply.send(Err(StoreError::Unavailable(msg.clone())));
+            }
+        }
+    }
+}
+
+impl Actor for StoreReader {
+    type Context = Context<Self>;
+}
+
+impl Handler<LoadOrg> for StoreReader {
+    type Result = ();
+
+    fn handle(&mut self, LoadOrg { org_id, reply }: LoadOrg, ctx: &mut Context<Self>) {
+        match self.admit(ctx) {
+            Ok(()) => self.orgs.push((org_id, reply)),
+            Err(e) => drop(reply.send(Err(e))),
+        }
+    }
+}
+
+impl Handler<FindIntentOwner> for StoreReader {
+    type Result = ();
+
+    fn handle(&mut self, msg: FindIntentOwner, ctx: &mut Context<Self>) {
+        match self.admit(ctx) {
+            Ok(()) => self.intents.push((msg.payment_intent_id, msg.reply)),
+            Err(e) => drop(msg.reply.send(Err(e))),
+        }
+    }
+}
+
+impl Handler<Flush> for StoreReader {
+    type Result = ();
+
+    fn handle(&mut self, _: Flush, ctx: &mut Context<Self>) {
+        self.flush_scheduled = false;
+        self.read_waiting(ctx);
+    }
+}
