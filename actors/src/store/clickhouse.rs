@@ -69,6 +69,10 @@ pub struct ClickHouseStore {
     queries: Arc<Semaphore>,
 }
 
+/// How long creating the PaymentIntent view may take: on first start
+/// against a large existing table it copies every row.
+const POPULATE_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// Queries in flight at once, well under ClickHouse's default limit of 100.
 const MAX_CONCURRENT_QUERIES: usize = 32;
 
@@ -211,8 +215,9 @@ impl ClickHouseStore {
         // found from the PaymentIntent. The actions table is sorted by org,
         // so that lookup would scan it whole; this view keeps each
         // PaymentIntent's org sorted by PaymentIntent, filled by every
-        // INSERT into the table (POPULATE copies what is there when the
-        // view is first made).
+        // INSERT into the table. POPULATE copies what is there when the
+        // view is first made, which on a large table takes a while: this
+        // one statement may take up to `POPULATE_TIMEOUT`.
         let by_intent = format!(
             "CREATE MATERIALIZED VIEW IF NOT EXISTS `{view}`
             ENGINE = ReplacingMergeTree() ORDER BY external_id
@@ -220,7 +225,8 @@ impl ClickHouseStore {
             view = Self::intent_view(&self.table),
             table = self.table
         );
-        self.bounded("migrate", self.client.query(&by_intent).execute())
+        let populate = self.client.query(&by_intent).execute();
+        self.bounded_for("migrate", POPULATE_TIMEOUT, populate)
             .await
     }
 
@@ -365,6 +371,15 @@ impl ClickHouseStore {
         op: &str,
         fut: impl Future<Output = clickhouse::error::Result<T>>,
     ) -> Result<T, StoreError> {
+        self.bounded_for(op, self.timeout, fut).await
+    }
+
+    async fn bounded_for<T>(
+        &self,
+        op: &str,
+        timeout: Duration,
+        fut: impl Future<Output = clickhouse::error::Result<T>>,
+    ) -> Result<T, StoreError> {
         let bounded = async {
             let _permit = self
                 .queries
@@ -373,7 +388,7 @@ impl ClickHouseStore {
                 .expect("the semaphore is never closed");
             fut.await
         };
-        let message = match tokio::time::timeout(self.timeout, bounded).await {
+        let message = match tokio::time::timeout(timeout, bounded).await {
             Ok(Ok(value)) => return Ok(value),
             Ok(Err(err)) => {
                 // The crate's top-level text can be as vague as "client error
@@ -389,7 +404,7 @@ impl ClickHouseStore {
                 }
                 message
             }
-            Err(_) => format!("clickhouse {op}: no answer within {:?}", self.timeout),
+            Err(_) => format!("clickhouse {op}: no answer within {timeout:?}"),
         };
         let message = if self.password.is_empty() {
             message
