@@ -21,10 +21,12 @@ pub fn init(format: LogFormat) -> WorkerGuard {
         .with_writer(writer);
     let _ = match format {
         LogFormat::Pretty => builder.try_init(),
+        // The current span only: spans here do not nest (actors do not
+        // inherit the caller's), so the list would repeat it in every line.
         LogFormat::Json => builder
             .json()
             .with_current_span(true)
-            .with_span_list(true)
+            .with_span_list(false)
             .try_init(),
     };
     guard

@@ -27,6 +27,9 @@ pub struct Ledger {
     /// Delivered payments per SKU: part of the idempotency key of the next
     /// PaymentIntent, so a repurchase after a refund gets a new one.
     purchases: HashMap<String, u32>,
+    /// Intents per SKU that are paid and not revoked, kept as actions fold
+    /// in, so that entitlements need not walk every intent of the org.
+    entitling: HashMap<String, u32>,
 }
 
 impl Ledger {
@@ -38,6 +41,7 @@ impl Ledger {
             applied_events: HashSet::new(),
             intents: HashMap::new(),
             purchases: HashMap::new(),
+            entitling: HashMap::new(),
         }
     }
 
@@ -76,9 +80,7 @@ impl Ledger {
     }
 
     pub fn is_entitled(&self, sku: &str) -> bool {
-        self.intents
-            .values()
-            .any(|i| i.sku == sku && i.paid && !i.revoked)
+        self.entitling.get(sku).is_some_and(|n| *n > 0)
     }
 
     pub fn entitlements(&self) -> Entitlements {
@@ -107,17 +109,51 @@ impl Ledger {
     pub fn fold(&mut self, action: &Action) {
         self.seq = self.seq.max(action.seq);
         if let Some(event_id) = &action.event_id {
-            self.applied_events.insert(event_id.clone());
+            if !self.applied_events.contains(event_id) {
+                self.applied_events.insert(event_id.clone());
+            }
         }
-        let intent = self.intents.entry(action.external_id.clone()).or_default();
-        intent.sku.clone_from(&action.sku);
+        if !self.intents.contains_key(&action.external_id) {
+            self.intents
+                .insert(action.external_id.clone(), IntentRecord::default());
+        }
+        let intent = self
+            .intents
+            .get_mut(&action.external_id)
+            .expect("inserted above");
+        let was_entitled = intent.paid && !intent.revoked;
+        let same_sku = intent.sku == action.sku;
+        // Only a change of SKU needs the old one (and then only to uncount it).
+        let old_sku = (was_entitled && !same_sku).then(|| std::mem::take(&mut intent.sku));
+        if !same_sku {
+            intent.sku.clone_from(&action.sku);
+        }
         match (action.kind, action.status) {
             (ActionKind::Payment, ActionStatus::Delivered) => {
                 intent.paid = true;
-                *self.purchases.entry(action.sku.clone()).or_default() += 1;
+                match self.purchases.get_mut(&action.sku) {
+                    Some(n) => *n += 1,
+                    None => drop(self.purchases.insert(action.sku.clone(), 1)),
+                }
             }
             (ActionKind::Payment, ActionStatus::Failed) => {}
             (ActionKind::Refund | ActionKind::Dispute, _) => intent.revoked = true,
+        }
+        let is_entitled = intent.paid && !intent.revoked;
+        if was_entitled == is_entitled && same_sku {
+            return;
+        }
+        if was_entitled {
+            let sku = old_sku.as_deref().unwrap_or(&action.sku);
+            if let Some(n) = self.entitling.get_mut(sku) {
+                *n -= 1;
+            }
+        }
+        if is_entitled {
+            match self.entitling.get_mut(&action.sku) {
+                Some(n) => *n += 1,
+                None => drop(self.entitling.insert(action.sku.clone(), 1)),
+            }
         }
     }
 
@@ -236,5 +272,44 @@ mod tests {
         assert_eq!(ledger.seq(), 2);
         assert_eq!(ledger.intent("pi_1").map(|i| i.paid), Some(false));
         assert_eq!(ledger.purchases("pack"), 1);
+    }
+
+    #[test]
+    fn entitlements_kept_as_actions_fold_in_match_a_walk_over_every_intent() {
+        let naive = |ledger: &Ledger, sku: &str| {
+            ledger
+                .intents
+                .values()
+                .any(|i| i.sku == sku && i.paid && !i.revoked)
+        };
+        let kinds = [
+            (ActionKind::Payment, ActionStatus::Delivered),
+            (ActionKind::Payment, ActionStatus::Failed),
+            (ActionKind::Refund, ActionStatus::Delivered),
+            (ActionKind::Dispute, ActionStatus::Delivered),
+        ];
+        let mut ledger = Ledger::new("acme".into(), skus());
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        for seq in 1..=2_000 {
+            // xorshift: a fixed, varied sequence of kinds, intents and SKUs
+            // (including an intent seen under another SKU).
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let (kind, status) = kinds[(state % 4) as usize];
+            let pi = format!("pi_{}", (state >> 8) % 12);
+            let mut a = action(seq, &format!("a{seq}"), kind, status, &pi);
+            if (state >> 20) % 5 == 0 {
+                a.sku = "other".into();
+            }
+            ledger.fold(&a);
+            for sku in ["pack", "other"] {
+                assert_eq!(
+                    ledger.is_entitled(sku),
+                    naive(&ledger, sku),
+                    "after {seq}: {sku}"
+                );
+            }
+        }
     }
 }
