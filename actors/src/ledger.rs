@@ -299,7 +299,7 @@ mod tests {
             let (kind, status) = kinds[(state % 4) as usize];
             let pi = format!("pi_{}", (state >> 8) % 12);
             let mut a = action(seq, &format!("a{seq}"), kind, status, &pi);
-            if (state >> 20) % 5 == 0 {
+            if (state >> 20).is_multiple_of(5) {
                 a.sku = "other".into();
             }
             ledger.fold(&a);
