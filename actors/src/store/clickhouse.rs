@@ -1,10 +1,12 @@
 //! The ClickHouse backend of the action log.
 //!
-//! One `ReplacingMergeTree` table sorted by `(org_id, id)`. Action ids are
+//! One `ReplacingMergeTree` table sorted by `(org_id, id)`, and a
+//! materialized view of it sorted by PaymentIntent. Action ids are
 //! deterministic, so a batch written twice (a retry after a timeout whose
 //! first attempt did land, or an event redelivered after a crash) only adds
 //! copies of rows that already exist; merges drop them eventually and every
-//! read collapses them at once with `FINAL`.
+//! read keeps one row per id at once (`FINAL`, or for org histories by
+//! dropping repeats here, which costs the server less).
 //!
 //! The SQL sticks to what both ClickHouse 18.16 (Debian's package, used in
 //! tests) and current releases / ClickHouse Cloud accept: `String` rather than
