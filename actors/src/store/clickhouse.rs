@@ -260,11 +260,6 @@ impl ClickHouseStore {
         self.bounded("insert", insert).await
     }
 
-    pub async fn org_actions(&self, org_id: &str) -> Result<Vec<Action>, StoreError> {
-        let mut orgs = self.actions_of_orgs(&[org_id.to_owned()]).await?;
-        Ok(orgs.remove(org_id).unwrap_or_default())
-    }
-
     /// Every action of each org, in one query. Without `FINAL`, which costs
     /// this server about twice the CPU: repeats of an action are identical,
     /// so the first row of each id is kept here instead.

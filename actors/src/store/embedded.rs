@@ -146,11 +146,6 @@ impl EmbeddedStore {
         .await
     }
 
-    pub async fn org_actions(&self, org_id: &str) -> Result<Vec<Action>, StoreError> {
-        let mut orgs = self.actions_of_orgs(&[org_id.to_owned()]).await?;
-        Ok(orgs.remove(org_id).unwrap_or_default())
-    }
-
     /// Every action of each org, read on one connection.
     pub async fn actions_of_orgs(
         &self,

@@ -63,10 +63,8 @@ impl ActionStore {
 
     /// Every action of one org, oldest first (ascending `seq`), one row per id.
     pub async fn org_actions(&self, org_id: &str) -> Result<Vec<Action>, StoreError> {
-        match self {
-            ActionStore::Embedded(s) => s.org_actions(org_id).await,
-            ActionStore::ClickHouse(s) => s.org_actions(org_id).await,
-        }
+        let mut orgs = self.actions_of_orgs(&[org_id.to_owned()]).await?;
+        Ok(orgs.remove(org_id).unwrap_or_default())
     }
 
     /// Every action of each of `org_ids` (one entry per org, maybe empty),
