@@ -361,7 +361,7 @@ impl OrgActor {
             };
             match p.written {
                 None | Some(Ok(())) => {
-                    if let Some(action) = &p.action {
+                    let event = p.action.as_ref().map(|action| {
                         let event = Arc::new(ledger.apply(action));
                         if action.kind == ActionKind::Payment
                             && action.status == ActionStatus::Delivered
@@ -379,10 +379,11 @@ impl OrgActor {
                             status = action.status.as_str(),
                             "action recorded"
                         );
-                        (p.answer)(Ok(ledger));
+                        event
+                    });
+                    (p.answer)(Ok(ledger));
+                    if let Some(event) = event {
                         self.remember(event);
-                    } else {
-                        (p.answer)(Ok(ledger));
                     }
                 }
                 Some(Err(e)) => {
