@@ -10,6 +10,8 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
 use actors::ask::Bounded;
 use actors::directory::OrgDirectory;
+use actors::intent_indexer::IntentIndexer;
+use actors::live_intents::LiveIntents;
 use actors::metrics::Metrics;
 use actors::org::{OrgDeps, OrgSettings, Product};
 use actors::persistence::{Drain, PersistenceActor, PersistenceSettings};
@@ -41,6 +43,7 @@ pub struct Application {
     server: Server,
     stopper: Stopper,
     persistence: Addr<PersistenceActor>,
+    intent_indexer: Option<Addr<IntentIndexer>>,
     org_arbiters: Vec<ArbiterHandle>,
 }
 
@@ -48,6 +51,8 @@ pub struct Application {
 /// writer's 503 within a few seconds when the store is down.
 const STORE_TIMEOUT: Duration = Duration::from_secs(3);
 const STRIPE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often new PaymentIntent owners are written to ClickHouse's index.
+const INTENT_INDEX_EVERY: Duration = Duration::from_secs(1);
 
 impl Application {
     /// Opens the store, starts the actors and binds the listener. Must run
@@ -79,11 +84,24 @@ impl Application {
             write_timeout: STORE_TIMEOUT,
             max_pending: batch_max_rows * 8,
         };
+        // ClickHouse's actions table is sorted by org: PaymentIntent owners
+        // are indexed apart, off the path of a webhook's 200.
+        let intent_indexer = match settings.store.backend {
+            Backend::ClickHouse => {
+                Some(IntentIndexer::new(store.clone(), INTENT_INDEX_EVERY).start())
+            }
+            Backend::Embedded => None,
+        };
         let persistence = {
             let (store, metrics) = (store.clone(), metrics.clone());
+            let intent_index = intent_indexer.clone().map(Addr::recipient);
             PersistenceActor::create(move |ctx| {
                 ctx.set_mailbox_capacity(batch_max_rows * 8);
-                PersistenceActor::new(store, persistence_settings, metrics)
+                let actor = PersistenceActor::new(store, persistence_settings, metrics);
+                match intent_index {
+                    Some(index) => actor.with_intent_index(index),
+                    None => actor,
+                }
             })
         };
         let client_queue = settings.sse.client_queue;
@@ -131,6 +149,7 @@ impl Application {
                     stripe: ctx.address().recipient(),
                     settings: org_settings,
                     metrics: metrics.clone(),
+                    live_intents: LiveIntents::default(),
                 };
                 let dir = OrgDirectory::new(deps, arbiters.clone());
                 directory = Some(dir.clone());
@@ -191,6 +210,7 @@ impl Application {
             server,
             stopper,
             persistence,
+            intent_indexer,
             org_arbiters: arbiters,
         })
     }
@@ -215,6 +235,9 @@ impl Application {
         });
         self.server.await?;
         let _ = self.persistence.send(Drain).await;
+        if let Some(indexer) = &self.intent_indexer {
+            let _ = indexer.send(Drain).await;
+        }
         for arbiter in &self.org_arbiters {
             arbiter.stop();
         }

@@ -175,8 +175,8 @@ impl Server {
     }
 
     fn drop_table(&self, table: &str) {
-        let view = ClickHouseStore::intent_view(table);
-        self.query(&format!("DROP TABLE IF EXISTS `{view}`"));
+        let owners = ClickHouseStore::intent_owners_table(table);
+        self.query(&format!("DROP TABLE IF EXISTS `{owners}`"));
         self.query(&format!("DROP TABLE IF EXISTS `{table}`"));
     }
 }

@@ -15,6 +15,7 @@ use dashmap::DashMap;
 use crate::ask::{Ask, AskError, Bounded, Request};
 use crate::metrics::Mailbox;
 use crate::org::{OrgActor, OrgDeps, OrgError};
+use crate::store::PaymentIntentOwner;
 
 #[derive(Clone)]
 pub struct OrgDirectory {
@@ -59,6 +60,11 @@ impl OrgDirectory {
         let addr =
             OrgActor::start_in_arbiter(arbiter, move |_| OrgActor::new(org_id, deps, registry));
         Bounded::new(addr, mailbox)
+    }
+
+    /// The owner of a PaymentIntent some live org actor knows.
+    pub fn live_intent_owner(&self, payment_intent_id: &str) -> Option<PaymentIntentOwner> {
+        self.deps.live_intents.owner(payment_intent_id)
     }
 
     /// Sends `request` to the org's actor and waits for its answer.

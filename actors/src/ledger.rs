@@ -75,6 +75,13 @@ impl Ledger {
         self.intents.get(payment_intent_id)
     }
 
+    /// Every PaymentIntent the org's actions name, with what they say of it.
+    pub fn intents(&self) -> impl Iterator<Item = (&str, &IntentRecord)> {
+        self.intents
+            .iter()
+            .map(|(id, record)| (id.as_str(), record))
+    }
+
     pub fn purchases(&self, sku: &str) -> u32 {
         self.purchases.get(sku).copied().unwrap_or(0)
     }

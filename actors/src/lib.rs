@@ -6,7 +6,9 @@
 
 pub mod ask;
 pub mod directory;
+pub mod intent_indexer;
 pub mod ledger;
+pub mod live_intents;
 pub mod metrics;
 pub mod model;
 pub mod org;

@@ -24,6 +24,7 @@ use dashmap::DashMap;
 
 use crate::ask::{Ask, Bounded, Request};
 use crate::ledger::Ledger;
+use crate::live_intents::LiveIntents;
 use crate::metrics::Metrics;
 use crate::model::{now_ms, Action, ActionKind, ActionStatus};
 use crate::org_event::{Entitlements, OrgEvent, Snapshot};
@@ -165,6 +166,8 @@ pub struct OrgDeps {
     pub stripe: Recipient<CreatePaymentIntent>,
     pub settings: OrgSettings,
     pub metrics: Metrics,
+    /// The PaymentIntents of live org actors, for events without metadata.
+    pub live_intents: LiveIntents,
 }
 
 // One per actor and `Ready` nearly always: boxing would only add a hop.
@@ -363,10 +366,15 @@ impl OrgActor {
                 None | Some(Ok(())) => {
                     let event = p.action.as_ref().map(|action| {
                         let event = Arc::new(ledger.apply(action));
-                        if action.kind == ActionKind::Payment
-                            && action.status == ActionStatus::Delivered
-                        {
-                            self.open_intents.remove(&action.sku);
+                        if action.kind == ActionKind::Payment {
+                            self.deps.live_intents.insert(
+                                &action.external_id,
+                                &self.org_id,
+                                &action.sku,
+                            );
+                            if action.status == ActionStatus::Delivered {
+                                self.open_intents.remove(&action.sku);
+                            }
                         }
                         // do_send: the hub never blocks an org; its own
                         // queues are the bound (a slow browser is dropped there).
@@ -458,6 +466,11 @@ impl Actor for OrgActor {
                     }
                 }
                 tracing::debug!(org_id = %act.org_id, seq = ledger.seq(), "org state rebuilt");
+                for (payment_intent_id, intent) in ledger.intents() {
+                    act.deps
+                        .live_intents
+                        .insert(payment_intent_id, &act.org_id, &intent.sku);
+                }
                 act.state = State::Ready {
                     ahead: ledger.clone(),
                     durable: ledger,
@@ -483,6 +496,10 @@ impl Actor for OrgActor {
         let me = ctx.address();
         self.registry
             .remove_if(&self.org_id, |_, actor| *actor.addr() == me);
+        if let State::Ready { durable, .. } = &self.state {
+            let ids = durable.intents().map(|(id, _)| id);
+            self.deps.live_intents.remove_org(&self.org_id, ids);
+        }
         self.deps.metrics.live_org_actors.dec();
         Running::Stop
     }

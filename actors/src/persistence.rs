@@ -20,9 +20,10 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
+use crate::intent_indexer::IndexIntents;
 use crate::metrics::{Mailbox, Metrics};
-use crate::model::Action;
-use crate::store::{ActionStore, StoreError};
+use crate::model::{Action, ActionKind};
+use crate::store::{ActionStore, PaymentIntentOwner, StoreError};
 
 #[derive(Clone, Debug)]
 pub struct PersistenceSettings {
@@ -110,6 +111,9 @@ pub struct PersistenceActor {
     metrics: Metrics,
     /// A `Flush` is queued behind the messages already in the mailbox.
     flush_scheduled: bool,
+    /// Told the owners of the PaymentIntents in each durable batch, for
+    /// stores that index them apart.
+    intent_index: Option<Recipient<IndexIntents>>,
 }
 
 /// Sent to itself: consider a write once the mailbox is drained.
@@ -135,7 +139,13 @@ impl PersistenceActor {
             stats: PersistenceStats::default(),
             metrics,
             flush_scheduled: false,
+            intent_index: None,
         }
+    }
+
+    pub fn with_intent_index(mut self, index: Recipient<IndexIntents>) -> Self {
+        self.intent_index = Some(index);
+        self
     }
 
     fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
@@ -184,6 +194,20 @@ impl PersistenceActor {
 
         let take = self.pending.len().min(self.settings.batch_max_rows);
         let (rows, replies): (Vec<Action>, Vec<Reply>) = self.pending.drain(..take).unzip();
+        let owners: Vec<(String, PaymentIntentOwner)> = match self.intent_index {
+            Some(_) => rows
+                .iter()
+                .filter(|a| a.kind == ActionKind::Payment)
+                .map(|a| {
+                    let owner = PaymentIntentOwner {
+                        org_id: a.org_id.clone(),
+                        sku: a.sku.clone(),
+                    };
+                    (a.external_id.clone(), owner)
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         self.in_flight = true;
         self.last_write_started = Some(now);
         let store = self.store.clone();
@@ -211,6 +235,9 @@ impl PersistenceActor {
                     act.backoff = MIN_BACKOFF;
                     for reply in replies {
                         let _ = reply.send(Ok(()));
+                    }
+                    if let Some(index) = act.intent_index.as_ref().filter(|_| !owners.is_empty()) {
+                        index.do_send(IndexIntents(owners));
                     }
                 }
                 Err(StoreError::Unavailable(msg)) => {

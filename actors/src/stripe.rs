@@ -362,21 +362,12 @@ async fn route(
             };
             let (org_id, sku) = match facts.org_id.filter(|o| valid_org_id(o)) {
                 Some(org_id) => (org_id, facts.sku),
-                // No metadata on the charge: the PaymentIntent leads back
-                // to the org through the action log or, when it arrives
-                // before the payment's success, through Stripe itself.
-                None => match find_intent_owner(owners, payment_intent_id.clone()).await {
-                    Ok(Some(owner)) => (owner.org_id, facts.sku.or(Some(owner.sku))),
-                    Ok(None) => match api.payment_intent_owner(&payment_intent_id).await? {
-                        Some(owner) if valid_org_id(&owner.org_id) => {
-                            (owner.org_id, facts.sku.or(Some(owner.sku)))
-                        }
-                        _ => {
-                            tracing::warn!(%event_id, %payment_intent_id, "refund or dispute of a payment intent that is not ours; ignored");
-                            return Ok(Outcome::Ignored);
-                        }
-                    },
-                    Err(e) => return Err(OrgError::PersistenceUnavailable(e.to_string())),
+                None => match owner_of(&payment_intent_id, api, directory, owners).await? {
+                    Some(owner) => (owner.org_id, facts.sku.or(Some(owner.sku))),
+                    None => {
+                        tracing::warn!(%event_id, %payment_intent_id, "refund or dispute of a payment intent that is not ours; ignored");
+                        return Ok(Outcome::Ignored);
+                    }
                 },
             };
             let kind = match facts.kind {
@@ -394,6 +385,28 @@ async fn route(
             directory.ask(&org_id, request).await
         }
         EventEffect::Ignored => Ok(Outcome::Ignored),
+    }
+}
+
+/// The org of a PaymentIntent named by an event without metadata: from the
+/// live org actors, else the action log, else (when the event arrives before
+/// the payment's success, say) Stripe itself.
+async fn owner_of(
+    payment_intent_id: &str,
+    api: &StripeApi,
+    directory: &OrgDirectory,
+    owners: &Recipient<FindIntentOwner>,
+) -> Result<Option<PaymentIntentOwner>, OrgError> {
+    if let Some(owner) = directory.live_intent_owner(payment_intent_id) {
+        return Ok(Some(owner));
+    }
+    match find_intent_owner(owners, payment_intent_id.to_owned()).await {
+        Ok(Some(owner)) => Ok(Some(owner)),
+        Ok(None) => Ok(api
+            .payment_intent_owner(payment_intent_id)
+            .await?
+            .filter(|owner| valid_org_id(&owner.org_id))),
+        Err(e) => Err(OrgError::PersistenceUnavailable(e.to_string())),
     }
 }
 

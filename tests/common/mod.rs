@@ -388,13 +388,13 @@ pub fn unique_table(prefix: &str) -> String {
     )
 }
 
-/// Runs one SQL statement over ClickHouse's HTTP interface; the body of the answer.
-/// Drops a test's actions table and the view the service made beside it.
+/// Drops a test's actions table and the index the service made beside it.
 pub async fn drop_table(table: &str) {
-    clickhouse_query(&format!("DROP TABLE IF EXISTS {table}_by_intent")).await;
+    clickhouse_query(&format!("DROP TABLE IF EXISTS {table}_intent_owners")).await;
     clickhouse_query(&format!("DROP TABLE IF EXISTS {table}")).await;
 }
 
+/// Runs one SQL statement over ClickHouse's HTTP interface; the body of the answer.
 pub async fn clickhouse_query(sql: &str) -> String {
     let res = reqwest::Client::new()
         .post(clickhouse_url())

@@ -1,7 +1,7 @@
 //! The ClickHouse backend of the action log.
 //!
-//! One `ReplacingMergeTree` table sorted by `(org_id, id)`, and a
-//! materialized view of it sorted by PaymentIntent. Action ids are
+//! One `ReplacingMergeTree` table sorted by `(org_id, id)`, and beside it an
+//! index of PaymentIntent owners sorted by PaymentIntent. Action ids are
 //! deterministic, so a batch written twice (a retry after a timeout whose
 //! first attempt did land, or an event redelivered after a crash) only adds
 //! copies of rows that already exist; merges drop them eventually and every
@@ -71,9 +71,9 @@ pub struct ClickHouseStore {
     queries: Arc<Semaphore>,
 }
 
-/// How long creating the PaymentIntent view may take: on first start
-/// against a large existing table it copies every row.
-const POPULATE_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long building the PaymentIntent index may take: on first start
+/// against a large existing table it copies a column of every row.
+const BACKFILL_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Queries in flight at once, well under ClickHouse's default limit of 100.
 const MAX_CONCURRENT_QUERIES: usize = 32;
@@ -98,7 +98,7 @@ struct ActionRow {
     simulated: u8,
 }
 
-#[derive(Row, Deserialize)]
+#[derive(Row, Serialize, Deserialize)]
 struct OwnerRow {
     external_id: String,
     org_id: String,
@@ -213,28 +213,58 @@ impl ClickHouseStore {
         );
         self.bounded("migrate", self.client.query(&sql).execute())
             .await?;
-        // Refunds and disputes often carry no metadata, so their org is
-        // found from the PaymentIntent. The actions table is sorted by org,
-        // so that lookup would scan it whole; this view keeps each
-        // PaymentIntent's org sorted by PaymentIntent, filled by every
-        // INSERT into the table. POPULATE copies what is there when the
-        // view is first made, which on a large table takes a while: this
-        // one statement may take up to `POPULATE_TIMEOUT`.
-        let by_intent = format!(
-            "CREATE MATERIALIZED VIEW IF NOT EXISTS `{view}`
-            ENGINE = ReplacingMergeTree() ORDER BY external_id
-            POPULATE AS SELECT external_id, org_id, sku FROM `{table}`",
-            view = Self::intent_view(&self.table),
-            table = self.table
-        );
-        let populate = self.client.query(&by_intent).execute();
-        self.bounded_for("migrate", POPULATE_TIMEOUT, populate)
+        self.migrate_intent_owners().await
+    }
+
+    /// Refunds and disputes often carry no metadata, so their org is found
+    /// from the PaymentIntent. The actions table is sorted by org, so that
+    /// lookup would scan it whole; `<table>_intent_owners` keeps each
+    /// PaymentIntent's org sorted by PaymentIntent. It is written apart from
+    /// the actions (see `IntentIndexer`). When it is missing it is built from
+    /// the actions under another name and renamed once complete, so an
+    /// interrupted build is redone at the next start; on a large table this
+    /// may take up to `BACKFILL_TIMEOUT`.
+    async fn migrate_intent_owners(&self) -> Result<(), StoreError> {
+        let owners = Self::intent_owners_table(&self.table);
+        let exists = self
+            .client
+            .query(
+                "SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = ?",
+            )
+            .bind(owners.as_str())
+            .fetch_one::<u64>();
+        if self.bounded("migrate", exists).await? == 0 {
+            let building = format!("{owners}_building");
+            let steps = [
+                format!("DROP TABLE IF EXISTS `{building}`"),
+                format!(
+                    "CREATE TABLE `{building}` (
+                        external_id String,
+                        org_id String,
+                        sku String
+                    ) ENGINE = ReplacingMergeTree() ORDER BY external_id"
+                ),
+                format!(
+                    "INSERT INTO `{building}` SELECT external_id, org_id, sku FROM `{}`",
+                    self.table
+                ),
+                format!("RENAME TABLE `{building}` TO `{owners}`"),
+            ];
+            for sql in steps {
+                let step = self.client.query(&sql).execute();
+                self.bounded_for("migrate", BACKFILL_TIMEOUT, step).await?;
+            }
+        }
+        // Earlier versions kept this index as a materialized view, which
+        // wrote a second part with every INSERT of actions.
+        let view = format!("DROP TABLE IF EXISTS `{}_by_intent`", self.table);
+        self.bounded("migrate", self.client.query(&view).execute())
             .await
     }
 
-    /// The materialized view of `table`'s PaymentIntent owners.
-    pub fn intent_view(table: &str) -> String {
-        format!("{table}_by_intent")
+    /// The table of `table`'s PaymentIntent owners.
+    pub fn intent_owners_table(table: &str) -> String {
+        format!("{table}_intent_owners")
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
@@ -258,6 +288,30 @@ impl ClickHouseStore {
             insert.end().await
         };
         self.bounded("insert", insert).await
+    }
+
+    /// Adds PaymentIntent owners to the index, in one INSERT.
+    pub async fn insert_intent_owners(
+        &self,
+        owners: Vec<(String, PaymentIntentOwner)>,
+    ) -> Result<(), StoreError> {
+        if owners.is_empty() {
+            return Ok(());
+        }
+        let table = Self::intent_owners_table(&self.table);
+        let insert = async {
+            let mut insert = self.client.insert::<OwnerRow>(&table).await?;
+            for (external_id, owner) in owners {
+                let row = OwnerRow {
+                    external_id,
+                    org_id: owner.org_id,
+                    sku: owner.sku,
+                };
+                insert.write(&row).await?;
+            }
+            insert.end().await
+        };
+        self.bounded("insert_intent_owners", insert).await
     }
 
     /// Every action of each org, in one query. Without `FINAL`, which costs
@@ -311,7 +365,7 @@ impl ClickHouseStore {
         rows.into_iter().map(Action::try_from).collect()
     }
 
-    /// The org and SKU of each PaymentIntent the view knows. Any one row
+    /// The org and SKU of each PaymentIntent the index knows. Any one row
     /// answers (every action about a PaymentIntent names the same org and
     /// SKU), so this read needs no `FINAL`.
     pub async fn owners_of_intents(
@@ -324,7 +378,7 @@ impl ClickHouseStore {
         let placeholders = vec!["?"; payment_intent_ids.len()].join(", ");
         let sql = format!(
             "SELECT ?fields FROM `{}` WHERE external_id IN ({placeholders})",
-            Self::intent_view(&self.table)
+            Self::intent_owners_table(&self.table)
         );
         let mut query = self.client.query(&sql);
         for id in payment_intent_ids {

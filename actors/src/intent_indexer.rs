@@ -1,0 +1,138 @@
+//! IntentIndexer: keeps the store's index of PaymentIntent owners, which a
+//! refund or dispute without metadata is routed by once its org actor has
+//! stopped (ClickHouse only: SQLite indexes its actions table directly).
+//!
+//! The index is not part of what a webhook's 200 promises; the action rows
+//! are. So it is written apart from them, at most once per `flush_every`, in
+//! one INSERT. Written with every batch of actions (a materialized view did
+//! that) it doubled the parts ClickHouse creates and then merges, a third of
+//! ingest at 256 connections. Until an owner is written, and if its write
+//! fails or the process dies first, the PaymentIntent is still found: its
+//! org actor stays live far longer than `flush_every`, and Stripe keeps the
+//! PaymentIntent's metadata.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tokio::sync::oneshot;
+
+use crate::persistence::Drain;
+use crate::store::{ActionStore, PaymentIntentOwner};
+
+/// Owners of PaymentIntents whose actions are durable.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct IndexIntents(pub Vec<(String, PaymentIntentOwner)>);
+
+/// Owners held for the next write at most; beyond, new ones are dropped
+/// (and found through Stripe instead).
+const MAX_PENDING: usize = 100_000;
+
+pub struct IntentIndexer {
+    store: ActionStore,
+    flush_every: Duration,
+    pending: HashMap<String, PaymentIntentOwner>,
+    writing: bool,
+    dropped: usize,
+    drain_waiters: Vec<oneshot::Sender<()>>,
+}
+
+impl IntentIndexer {
+    pub fn new(store: ActionStore, flush_every: Duration) -> Self {
+        Self {
+            store,
+            flush_every,
+            pending: HashMap::new(),
+            writing: false,
+            dropped: 0,
+            drain_waiters: Vec::new(),
+        }
+    }
+
+    fn write(&mut self, ctx: &mut Context<Self>) {
+        if self.writing {
+            return;
+        }
+        if self.pending.is_empty() {
+            for waiter in self.drain_waiters.drain(..) {
+                let _ = waiter.send(());
+            }
+            return;
+        }
+        if self.dropped > 0 {
+            tracing::warn!(
+                dropped = self.dropped,
+                "PaymentIntent owners not indexed: too many waiting"
+            );
+            self.dropped = 0;
+        }
+        let owners: Vec<_> = self.pending.drain().collect();
+        let store = self.store.clone();
+        self.writing = true;
+        ctx.spawn(
+            async move {
+                let result = store.insert_intent_owners(owners.clone()).await;
+                (result, owners)
+            }
+            .into_actor(self)
+            .map(move |(result, owners), act, ctx| {
+                act.writing = false;
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, owners = owners.len(),
+                        "PaymentIntent owners not indexed yet; retried at the next tick");
+                    // Newer owners win; the bound still holds.
+                    let room = MAX_PENDING.saturating_sub(act.pending.len());
+                    act.dropped += owners.len().saturating_sub(room);
+                    for (id, owner) in owners.into_iter().take(room) {
+                        act.pending.entry(id).or_insert(owner);
+                    }
+                    // Draining gives up rather than retry until stopped.
+                    for waiter in act.drain_waiters.drain(..) {
+                        let _ = waiter.send(());
+                    }
+                    return;
+                }
+                if !act.drain_waiters.is_empty() {
+                    act.write(ctx);
+                }
+            }),
+        );
+    }
+}
+
+impl Actor for IntentIndexer {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(self.flush_every, |act, ctx| act.write(ctx));
+    }
+}
+
+impl Handler<IndexIntents> for IntentIndexer {
+    type Result = ();
+
+    fn handle(&mut self, IndexIntents(owners): IndexIntents, _: &mut Context<Self>) {
+        for (payment_intent_id, owner) in owners {
+            if self.pending.len() < MAX_PENDING {
+                self.pending.insert(payment_intent_id, owner);
+            } else {
+                self.dropped += 1;
+            }
+        }
+    }
+}
+
+/// Writes what is waiting, then answers (for graceful shutdown).
+impl Handler<Drain> for IntentIndexer {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Drain, ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.drain_waiters.push(tx);
+        self.write(ctx);
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
+}
