@@ -45,16 +45,6 @@ impl Ledger {
         }
     }
 
-    /// Rebuilds from stored actions (any order), returning the ledger.
-    pub fn from_actions(org_id: String, skus: Arc<[String]>, mut actions: Vec<Action>) -> Self {
-        actions.sort_by_key(|a| a.seq);
-        let mut ledger = Self::new(org_id, skus);
-        for action in &actions {
-            ledger.fold(action);
-        }
-        ledger
-    }
-
     pub fn org_id(&self) -> &str {
         &self.org_id
     }
@@ -212,6 +202,17 @@ mod tests {
         }
     }
 
+    /// Rebuilds from stored actions in any order, as an org actor does
+    /// from its (ordered) history.
+    fn from_actions(org_id: String, skus: Arc<[String]>, mut actions: Vec<Action>) -> Ledger {
+        actions.sort_by_key(|a| a.seq);
+        let mut ledger = Ledger::new(org_id, skus);
+        for action in &actions {
+            ledger.fold(action);
+        }
+        ledger
+    }
+
     fn skus() -> Arc<[String]> {
         vec!["pack".to_string(), "other".to_string()].into()
     }
@@ -274,7 +275,7 @@ mod tests {
             ),
             action(1, "a1", ActionKind::Payment, ActionStatus::Failed, "pi_1"),
         ];
-        let ledger = Ledger::from_actions("acme".into(), skus(), actions);
+        let ledger = from_actions("acme".into(), skus(), actions);
         assert!(ledger.is_entitled("pack"));
         assert_eq!(ledger.seq(), 2);
         assert_eq!(ledger.intent("pi_1").map(|i| i.paid), Some(false));
