@@ -366,15 +366,15 @@ impl OrgActor {
                 None | Some(Ok(())) => {
                     let event = p.action.as_ref().map(|action| {
                         let event = Arc::new(ledger.apply(action));
-                        if action.kind == ActionKind::Payment {
-                            self.deps.live_intents.insert(
-                                &action.external_id,
-                                &self.org_id,
-                                &action.sku,
-                            );
-                            if action.status == ActionStatus::Delivered {
-                                self.open_intents.remove(&action.sku);
-                            }
+                        self.deps.live_intents.insert(
+                            &action.external_id,
+                            &self.org_id,
+                            &action.sku,
+                        );
+                        if action.kind == ActionKind::Payment
+                            && action.status == ActionStatus::Delivered
+                        {
+                            self.open_intents.remove(&action.sku);
                         }
                         // do_send: the hub never blocks an org; its own
                         // queues are the bound (a slow browser is dropped there).

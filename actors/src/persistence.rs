@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 
 use crate::intent_indexer::IndexIntents;
 use crate::metrics::{Mailbox, Metrics};
-use crate::model::{Action, ActionKind};
+use crate::model::Action;
 use crate::store::{ActionStore, PaymentIntentOwner, StoreError};
 
 #[derive(Clone, Debug)]
@@ -197,7 +197,6 @@ impl PersistenceActor {
         let owners: Vec<(String, PaymentIntentOwner)> = match self.intent_index {
             Some(_) => rows
                 .iter()
-                .filter(|a| a.kind == ActionKind::Payment)
                 .map(|a| {
                     let owner = PaymentIntentOwner {
                         org_id: a.org_id.clone(),
