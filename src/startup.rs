@@ -86,11 +86,11 @@ impl Application {
         };
         // ClickHouse's actions table is sorted by org: PaymentIntent owners
         // are indexed apart, off the path of a webhook's 200.
-        let intent_indexer = match settings.store.backend {
-            Backend::ClickHouse => {
-                Some(IntentIndexer::new(store.clone(), INTENT_INDEX_EVERY).start())
+        let intent_indexer = match &store {
+            ActionStore::ClickHouse(clickhouse) => {
+                Some(IntentIndexer::new(clickhouse.clone(), INTENT_INDEX_EVERY).start())
             }
-            Backend::Embedded => None,
+            ActionStore::Embedded(_) => None,
         };
         let persistence = {
             let (store, metrics) = (store.clone(), metrics.clone());

@@ -18,7 +18,7 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use crate::persistence::Drain;
-use crate::store::{ActionStore, PaymentIntentOwner};
+use crate::store::{ClickHouseStore, PaymentIntentOwner};
 
 /// Owners of PaymentIntents whose actions are durable.
 #[derive(Message)]
@@ -30,7 +30,7 @@ pub struct IndexIntents(pub Vec<(String, PaymentIntentOwner)>);
 const MAX_PENDING: usize = 100_000;
 
 pub struct IntentIndexer {
-    store: ActionStore,
+    store: ClickHouseStore,
     flush_every: Duration,
     pending: HashMap<String, PaymentIntentOwner>,
     writing: bool,
@@ -39,7 +39,7 @@ pub struct IntentIndexer {
 }
 
 impl IntentIndexer {
-    pub fn new(store: ActionStore, flush_every: Duration) -> Self {
+    pub fn new(store: ClickHouseStore, flush_every: Duration) -> Self {
         Self {
             store,
             flush_every,

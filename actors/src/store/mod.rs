@@ -61,19 +61,6 @@ impl ActionStore {
         }
     }
 
-    /// Adds PaymentIntent owners to the store's index of them. SQLite
-    /// indexes the actions table itself, so only ClickHouse keeps one apart
-    /// (see `IntentIndexer`).
-    pub async fn insert_intent_owners(
-        &self,
-        owners: Vec<(String, PaymentIntentOwner)>,
-    ) -> Result<(), StoreError> {
-        match self {
-            ActionStore::Embedded(_) => Ok(()),
-            ActionStore::ClickHouse(s) => s.insert_intent_owners(owners).await,
-        }
-    }
-
     /// Every action of one org, oldest first (ascending `seq`), one row per id.
     pub async fn org_actions(&self, org_id: &str) -> Result<Vec<Action>, StoreError> {
         let mut orgs = self.actions_of_orgs(&[org_id.to_owned()]).await?;
