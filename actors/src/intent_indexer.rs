@@ -15,9 +15,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use actix::prelude::*;
-use tokio::sync::oneshot;
 
-use crate::persistence::Drain;
+use crate::persistence::{Drain, DrainWaiters};
 use crate::store::{ClickHouseStore, PaymentIntentOwner};
 
 /// Owners of PaymentIntents whose actions are durable.
@@ -35,7 +34,7 @@ pub struct IntentIndexer {
     pending: HashMap<String, PaymentIntentOwner>,
     writing: bool,
     dropped: usize,
-    drain_waiters: Vec<oneshot::Sender<()>>,
+    drain_waiters: DrainWaiters,
 }
 
 impl IntentIndexer {
@@ -46,7 +45,7 @@ impl IntentIndexer {
             pending: HashMap::new(),
             writing: false,
             dropped: 0,
-            drain_waiters: Vec::new(),
+            drain_waiters: DrainWaiters::default(),
         }
     }
 
@@ -55,9 +54,7 @@ impl IntentIndexer {
             return;
         }
         if self.pending.is_empty() {
-            for waiter in self.drain_waiters.drain(..) {
-                let _ = waiter.send(());
-            }
+            self.drain_waiters.release();
             return;
         }
         if self.dropped > 0 {
@@ -88,9 +85,7 @@ impl IntentIndexer {
                         act.pending.entry(id).or_insert(owner);
                     }
                     // Draining gives up rather than retry until stopped.
-                    for waiter in act.drain_waiters.drain(..) {
-                        let _ = waiter.send(());
-                    }
+                    act.drain_waiters.release();
                     return;
                 }
                 if !act.drain_waiters.is_empty() {
@@ -128,11 +123,8 @@ impl Handler<Drain> for IntentIndexer {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, _: Drain, ctx: &mut Context<Self>) -> Self::Result {
-        let (tx, rx) = oneshot::channel();
-        self.drain_waiters.push(tx);
+        let answer = self.drain_waiters.wait();
         self.write(ctx);
-        Box::pin(async move {
-            let _ = rx.await;
-        })
+        answer
     }
 }

@@ -81,6 +81,31 @@ pub struct CheckReady;
 #[rtype(result = "()")]
 pub struct Drain;
 
+/// The answers owed to `Drain` senders, given once nothing is left to write.
+#[derive(Default)]
+pub(crate) struct DrainWaiters(Vec<oneshot::Sender<()>>);
+
+impl DrainWaiters {
+    /// A `Drain` answer that resolves at the next `release`.
+    pub(crate) fn wait(&mut self) -> ResponseFuture<()> {
+        let (tx, rx) = oneshot::channel();
+        self.0.push(tx);
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
+
+    pub(crate) fn release(&mut self) {
+        for waiter in self.0.drain(..) {
+            let _ = waiter.send(());
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// What the actor has done, for tests and benchmarks.
 #[derive(Message)]
 #[rtype(result = "PersistenceStats")]
@@ -106,7 +131,7 @@ pub struct PersistenceActor {
     /// new rows are refused at once, so writers get a fast 503.
     retry_at: Option<Instant>,
     backoff: Duration,
-    drain_waiters: Vec<oneshot::Sender<()>>,
+    drain_waiters: DrainWaiters,
     stats: PersistenceStats,
     metrics: Metrics,
     /// A `Flush` is queued behind the messages already in the mailbox.
@@ -135,7 +160,7 @@ impl PersistenceActor {
             timer_armed: false,
             retry_at: None,
             backoff: MIN_BACKOFF,
-            drain_waiters: Vec::new(),
+            drain_waiters: DrainWaiters::default(),
             stats: PersistenceStats::default(),
             metrics,
             flush_scheduled: false,
@@ -160,9 +185,7 @@ impl PersistenceActor {
             return;
         }
         if self.pending.is_empty() {
-            for waiter in self.drain_waiters.drain(..) {
-                let _ = waiter.send(());
-            }
+            self.drain_waiters.release();
             return;
         }
         let now = Instant::now();
@@ -313,12 +336,9 @@ impl Handler<Drain> for PersistenceActor {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, _: Drain, ctx: &mut Context<Self>) -> Self::Result {
-        let (tx, rx) = oneshot::channel();
-        self.drain_waiters.push(tx);
+        let answer = self.drain_waiters.wait();
         self.maybe_flush(ctx);
-        Box::pin(async move {
-            let _ = rx.await;
-        })
+        answer
     }
 }
 
