@@ -25,6 +25,16 @@
 //! fixed cost of creating a part. The actor's rows/s is therefore at most
 //! writers / (time of one INSERT of that many rows); raise `--writers` to
 //! see how close it gets once batches are large.
+//!
+//! Each side also reports the merge work its rows caused: rows rewritten
+//! by background merges per row inserted, and merge time per 1,000 rows,
+//! from the server's `MergedRows` / `MergesTimeMilliseconds` counters
+//! (`system.events`) between the start of the run and the moment no merge
+//! has run on its table for a second. The counters are server-wide, so run
+//! it on a server nothing else writes to. ClickHouse's merge selector counts
+//! every part as at least 5 MiB, so small parts are merged together, and
+//! into the newest larger part, many times over: that, not the INSERT, is
+//! most of what a small batch costs the server.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -174,10 +184,66 @@ impl Server {
             .unwrap_or_else(|_| panic!("count of {table}: {n:?}"))
     }
 
+    /// Server-wide merge counters, for the difference across a run.
+    fn merge_work(&self) -> MergeWork {
+        let out = self.query(
+            "SELECT event, value FROM system.events \
+             WHERE event IN ('MergedRows', 'MergesTimeMilliseconds')",
+        );
+        // An event is absent until it first happens.
+        let mut work = MergeWork { rows: 0, ms: 0 };
+        for line in out.lines() {
+            let (event, value) = line
+                .split_once('\t')
+                .unwrap_or_else(|| panic!("system.events row {line:?}"));
+            let value = value
+                .parse()
+                .unwrap_or_else(|_| panic!("system.events value {line:?}"));
+            match event {
+                "MergedRows" => work.rows = value,
+                _ => work.ms = value,
+            }
+        }
+        work
+    }
+
+    /// Returns once no merge of `table` has run for a second (or after two
+    /// minutes): the merges a run's parts cause are part of its cost.
+    fn wait_for_merges(&self, table: &str) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut quiet_polls = 0;
+        while quiet_polls < 4 && Instant::now() < deadline {
+            let running = self.query(&format!(
+                "SELECT count() FROM system.merges WHERE table = '{table}'"
+            ));
+            quiet_polls = if running == "0" { quiet_polls + 1 } else { 0 };
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
     fn drop_table(&self, table: &str) {
         let owners = ClickHouseStore::intent_owners_table(table);
         self.query(&format!("DROP TABLE IF EXISTS `{owners}`"));
         self.query(&format!("DROP TABLE IF EXISTS `{table}`"));
+    }
+}
+
+/// Merge work done by the server (counters from `system.events`).
+#[derive(Clone, Copy)]
+struct MergeWork {
+    rows: u64,
+    ms: u64,
+}
+
+impl MergeWork {
+    /// Work done since `before`, per row inserted: (rows rewritten by
+    /// merges per row, merge milliseconds per 1,000 rows).
+    fn per_row_since(self, before: MergeWork, rows: usize) -> (f64, f64) {
+        let rows = rows as f64;
+        (
+            self.rows.saturating_sub(before.rows) as f64 / rows,
+            self.ms.saturating_sub(before.ms) as f64 * 1000.0 / rows,
+        )
     }
 }
 
@@ -344,7 +410,12 @@ fn write_tsv(rows: &[Action], path: &Path) {
 
 /// One bulk INSERT by `clickhouse-client`, timed from spawn to exit: the
 /// file already exists and is in the page cache, so only the insert counts.
-fn run_client(server: &Server, system: &SystemRunner, tsv: &Path, rows: usize) -> Duration {
+fn run_client(
+    server: &Server,
+    system: &SystemRunner,
+    tsv: &Path,
+    rows: usize,
+) -> (Duration, (f64, f64)) {
     let table = format!("bench_baseline_{}", std::process::id());
     let guard = TableGuard {
         server,
@@ -356,6 +427,7 @@ fn run_client(server: &Server, system: &SystemRunner, tsv: &Path, rows: usize) -
         .expect("create the baseline table");
 
     let input = std::fs::File::open(tsv).expect("open the TSV file");
+    let merges_before = server.merge_work();
     let started = Instant::now();
     let out = server
         .client()
@@ -374,14 +446,17 @@ fn run_client(server: &Server, system: &SystemRunner, tsv: &Path, rows: usize) -
         String::from_utf8_lossy(&out.stderr).trim()
     );
     assert_eq!(server.count(&table), rows, "rows in {table}");
+    server.wait_for_merges(&table);
+    let merges = server.merge_work().per_row_since(merges_before, rows);
     drop(guard);
-    elapsed
+    (elapsed, merges)
 }
 
 struct ActorRun {
     elapsed: Duration,
     batches: u64,
     rows_stored: u64,
+    merges: (f64, f64),
 }
 
 /// `writers` tasks, each sending its share of the rows one `Persist` at a
@@ -409,6 +484,7 @@ fn run_actor(server: &Server, system: &SystemRunner, rows: &[Action], args: &Arg
         max_pending: args.writers.max(args.batch_max_rows) * 2,
     };
 
+    let merges_before = server.merge_work();
     let (elapsed, stats) = system.block_on(async move {
         // A registry of its own: the bench reads GetStats, not /metrics.
         let addr = PersistenceActor::new(store, settings, Metrics::new()).start();
@@ -438,11 +514,14 @@ fn run_actor(server: &Server, system: &SystemRunner, rows: &[Action], args: &Arg
     assert_eq!(stats.rows, rows.len() as u64, "rows acked by the actor");
     assert_eq!(stats.failed_batches, 0, "failed batches");
     assert_eq!(server.count(&table), rows.len(), "rows in {table}");
+    server.wait_for_merges(&table);
+    let merges = server.merge_work().per_row_since(merges_before, rows.len());
     drop(guard);
     ActorRun {
         elapsed,
         batches: stats.batches,
         rows_stored: stats.rows,
+        merges,
     }
 }
 
@@ -492,23 +571,29 @@ fn main() {
     );
     println!();
     println!(
-        "{:>4}  {:<7}  {:>9}  {:>12}  {:>8}  {:>10}",
-        "rep", "side", "ms", "rows/s", "batches", "rows/batch"
+        "{:>4}  {:<7}  {:>9}  {:>12}  {:>8}  {:>10}  {:>13}  {:>13}",
+        "rep", "side", "ms", "rows/s", "batches", "rows/batch", "merged/row", "merge ms/1k"
     );
 
     let mut client_rates = Vec::new();
     let mut actor_rates = Vec::new();
     let mut batches = Vec::new();
+    let mut client_merged = Vec::new();
+    let mut actor_merged = Vec::new();
+    let mut client_merge_ms = Vec::new();
+    let mut actor_merge_ms = Vec::new();
     for rep in 1..=args.reps {
         // Alternate which side goes first so neither always gets the
         // quieter (or merge-busier) half of a repetition.
         let client_first = rep % 2 == 1;
         for client_turn in [client_first, !client_first] {
             if client_turn {
-                let elapsed = run_client(&server, &system, tsv, args.rows);
+                let (elapsed, (merged, merge_ms)) = run_client(&server, &system, tsv, args.rows);
                 client_rates.push(rate(args.rows, elapsed));
+                client_merged.push(merged);
+                client_merge_ms.push(merge_ms);
                 println!(
-                    "{rep:>4}  {:<7}  {:>9.1}  {:>12.0}  {:>8}  {:>10}",
+                    "{rep:>4}  {:<7}  {:>9.1}  {:>12.0}  {:>8}  {:>10}  {merged:>13.1}  {merge_ms:>13.1}",
                     "client",
                     ms(elapsed),
                     rate(args.rows, elapsed),
@@ -519,8 +604,11 @@ fn main() {
                 let run = run_actor(&server, &system, &rows, &args);
                 actor_rates.push(rate(args.rows, run.elapsed));
                 batches.push(run.batches as f64);
+                let (merged, merge_ms) = run.merges;
+                actor_merged.push(merged);
+                actor_merge_ms.push(merge_ms);
                 println!(
-                    "{rep:>4}  {:<7}  {:>9.1}  {:>12.0}  {:>8}  {:>10.1}",
+                    "{rep:>4}  {:<7}  {:>9.1}  {:>12.0}  {:>8}  {:>10.1}  {merged:>13.1}  {merge_ms:>13.1}",
                     "actor",
                     ms(run.elapsed),
                     rate(args.rows, run.elapsed),
@@ -534,11 +622,17 @@ fn main() {
     let client = median(client_rates);
     let actor = median(actor_rates);
     let batches = median(batches);
+    let (client_merged, client_merge_ms) = (median(client_merged), median(client_merge_ms));
+    let (actor_merged, actor_merge_ms) = (median(actor_merged), median(actor_merge_ms));
     let ratio = actor / client;
     println!();
-    println!("median client rows/s {client:>12.0}");
     println!(
-        "median actor  rows/s {actor:>12.0}   ({batches:.0} batches, {:.1} rows/batch)",
+        "median client rows/s {client:>12.0}   merges rewrote {client_merged:.1} rows per row, \
+         {client_merge_ms:.1} ms per 1,000 rows"
+    );
+    println!(
+        "median actor  rows/s {actor:>12.0}   ({batches:.0} batches, {:.1} rows/batch); \
+         merges rewrote {actor_merged:.1} rows per row, {actor_merge_ms:.1} ms per 1,000 rows",
         args.rows as f64 / batches
     );
     println!(
@@ -559,6 +653,10 @@ fn main() {
             "actor_batches": batches,
             "actor_rows_per_batch": (args.rows as f64 / batches * 10.0).round() / 10.0,
             "ratio": (ratio * 1000.0).round() / 1000.0,
+            "client_merged_rows_per_row": (client_merged * 10.0).round() / 10.0,
+            "actor_merged_rows_per_row": (actor_merged * 10.0).round() / 10.0,
+            "client_merge_ms_per_1000_rows": (client_merge_ms * 10.0).round() / 10.0,
+            "actor_merge_ms_per_1000_rows": (actor_merge_ms * 10.0).round() / 10.0,
             "goal": GOAL,
             "goal_met": ratio >= GOAL,
         })
