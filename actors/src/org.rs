@@ -423,11 +423,7 @@ impl OrgActor {
         id: String,
         kind: ActionKind,
         status: ActionStatus,
-        sku: &str,
-        payment_intent_id: &str,
-        event_id: Option<&str>,
-        amount: i64,
-        currency: &str,
+        payment: Payment<'_>,
     ) -> Action {
         Action {
             id,
@@ -435,15 +431,25 @@ impl OrgActor {
             seq,
             kind,
             status,
-            sku: sku.to_owned(),
-            external_id: payment_intent_id.to_owned(),
-            event_id: event_id.map(str::to_owned),
-            amount,
-            currency: currency.to_owned(),
+            sku: payment.sku.to_owned(),
+            external_id: payment.payment_intent_id.to_owned(),
+            event_id: payment.event_id.map(str::to_owned),
+            amount: payment.amount,
+            currency: payment.currency.to_owned(),
             created_at_ms: now_ms(),
             simulated: false,
         }
     }
+}
+
+/// What an action records about the money: the product, the PaymentIntent
+/// and the event that moved it.
+struct Payment<'a> {
+    sku: &'a str,
+    payment_intent_id: &'a str,
+    event_id: Option<&'a str>,
+    amount: i64,
+    currency: &'a str,
 }
 
 impl Actor for OrgActor {
@@ -540,11 +546,13 @@ impl Handler<Ask<ApplyPayment>> for OrgActor {
             id,
             ActionKind::Payment,
             status,
-            &r.sku,
-            &r.payment_intent_id,
-            Some(&r.event_id),
-            r.amount,
-            &r.currency,
+            Payment {
+                sku: &r.sku,
+                payment_intent_id: &r.payment_intent_id,
+                event_id: Some(&r.event_id),
+                amount: r.amount,
+                currency: &r.currency,
+            },
         );
         self.commit(Some(action), ctx, move |l| {
             let _ = reply.send(l.map(|_| Outcome::Recorded));
@@ -581,11 +589,13 @@ impl Handler<Ask<ApplyRevocation>> for OrgActor {
             format!("{}_{}", r.kind.as_str(), r.event_id),
             r.kind,
             ActionStatus::Delivered,
-            &sku,
-            &r.payment_intent_id,
-            Some(&r.event_id),
-            r.amount,
-            &r.currency,
+            Payment {
+                sku: &sku,
+                payment_intent_id: &r.payment_intent_id,
+                event_id: Some(&r.event_id),
+                amount: r.amount,
+                currency: &r.currency,
+            },
         );
         self.commit(Some(action), ctx, move |l| {
             let _ = reply.send(l.map(|_| Outcome::Recorded));
@@ -616,11 +626,13 @@ impl Handler<Ask<SimulatePayment>> for OrgActor {
             format!("pay_{payment_intent_id}"),
             ActionKind::Payment,
             ActionStatus::Delivered,
-            &product.sku,
-            &payment_intent_id,
-            None,
-            product.amount,
-            &product.currency,
+            Payment {
+                sku: &product.sku,
+                payment_intent_id: &payment_intent_id,
+                event_id: None,
+                amount: product.amount,
+                currency: &product.currency,
+            },
         );
         action.simulated = true;
         self.commit(Some(action), ctx, move |l| {
@@ -673,23 +685,19 @@ impl Handler<Ask<OpenPaymentIntent>> for OrgActor {
         });
         // ctx.wait: concurrent calls for this org queue behind this one and
         // then find the intent already open.
-        ctx.wait(
-            async move { create.await }
-                .into_actor(self)
-                .map(move |result, act, _| {
-                    let answer = match result {
-                        Ok(Ok(intent)) => {
-                            act.open_intents.insert(product.sku, intent.clone());
-                            Ok(intent)
-                        }
-                        Ok(Err(e)) => Err(OrgError::Stripe(e)),
-                        Err(_) => Err(OrgError::Stripe(StripeError(
-                            "the Stripe client is not running".into(),
-                        ))),
-                    };
-                    let _ = reply.send(answer);
-                }),
-        );
+        ctx.wait(create.into_actor(self).map(move |result, act, _| {
+            let answer = match result {
+                Ok(Ok(intent)) => {
+                    act.open_intents.insert(product.sku, intent.clone());
+                    Ok(intent)
+                }
+                Ok(Err(e)) => Err(OrgError::Stripe(e)),
+                Err(_) => Err(OrgError::Stripe(StripeError(
+                    "the Stripe client is not running".into(),
+                ))),
+            };
+            let _ = reply.send(answer);
+        }));
     }
 }
 

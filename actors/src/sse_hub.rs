@@ -44,10 +44,14 @@ pub struct Publish {
     pub event: Arc<OrgEvent>,
 }
 
+/// One browser stream: its id and the bounded queue its response reads.
+type Subscriber = (SubscriberId, mpsc::Sender<Arc<OrgEvent>>);
+
 pub struct SseHub {
     client_queue: usize,
     next_id: SubscriberId,
-    subscribers: HashMap<String, Vec<(SubscriberId, mpsc::Sender<Arc<OrgEvent>>)>>,
+    /// Org id → that org's streams.
+    subscribers: HashMap<String, Vec<Subscriber>>,
     metrics: Metrics,
 }
 

@@ -29,6 +29,10 @@ pub struct PaymentIntentOwner {
     pub sku: String,
 }
 
+// The ClickHouse variant is ~400 bytes, but a store is never stored in bulk:
+// it is cloned into each read or write, where boxing would add an allocation
+// to save a copy.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 pub enum ActionStore {
     Embedded(EmbeddedStore),
