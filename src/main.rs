@@ -33,6 +33,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    disable_transparent_huge_pages();
     let cli = Cli::parse();
     let settings = match Settings::load(&cli.config) {
         Ok(s) => s,
@@ -51,6 +52,20 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::SUCCESS
         }
         None => serve(settings),
+    }
+}
+
+/// mimalloc marks its memory for transparent huge pages, and with THP in
+/// the common `madvise` mode every first touch of such memory then zeroes
+/// 2 MiB. Under webhook load that zeroing was about 7% of the service's CPU
+/// and its peak memory about 1.5x what it is with small pages (README,
+/// Performance), so the process opts out before the runtime starts.
+fn disable_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_THP_DISABLE takes plain integers and touches no memory
+    // of ours; on failure (an old kernel) THP simply stays as it was.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
     }
 }
 
