@@ -423,7 +423,7 @@ impl OrgActor {
         id: String,
         kind: ActionKind,
         status: ActionStatus,
-        payment: Payment<'_>,
+        payment: PaymentDetails<'_>,
     ) -> Action {
         Action {
             id,
@@ -444,7 +444,7 @@ impl OrgActor {
 
 /// What an action records about the money: the product, the PaymentIntent
 /// and the event that moved it.
-struct Payment<'a> {
+struct PaymentDetails<'a> {
     sku: &'a str,
     payment_intent_id: &'a str,
     event_id: Option<&'a str>,
@@ -546,7 +546,7 @@ impl Handler<Ask<ApplyPayment>> for OrgActor {
             id,
             ActionKind::Payment,
             status,
-            Payment {
+            PaymentDetails {
                 sku: &r.sku,
                 payment_intent_id: &r.payment_intent_id,
                 event_id: Some(&r.event_id),
@@ -589,7 +589,7 @@ impl Handler<Ask<ApplyRevocation>> for OrgActor {
             format!("{}_{}", r.kind.as_str(), r.event_id),
             r.kind,
             ActionStatus::Delivered,
-            Payment {
+            PaymentDetails {
                 sku: &sku,
                 payment_intent_id: &r.payment_intent_id,
                 event_id: Some(&r.event_id),
@@ -626,7 +626,7 @@ impl Handler<Ask<SimulatePayment>> for OrgActor {
             format!("pay_{payment_intent_id}"),
             ActionKind::Payment,
             ActionStatus::Delivered,
-            Payment {
+            PaymentDetails {
                 sku: &product.sku,
                 payment_intent_id: &payment_intent_id,
                 event_id: None,
