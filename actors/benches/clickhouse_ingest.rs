@@ -31,10 +31,10 @@
 //! from the server's `MergedRows` / `MergesTimeMilliseconds` counters
 //! (`system.events`) between the start of the run and the moment no merge
 //! has run on its table for a second. The counters are server-wide, so run
-//! it on a server nothing else writes to. ClickHouse's merge selector counts
-//! every part as at least 5 MiB, so small parts are merged together, and
-//! into the newest larger part, many times over: that, not the INSERT, is
-//! most of what a small batch costs the server.
+//! it on a server nothing else writes to. ClickHouse's merge selector adds
+//! a fixed 5 MiB to every part's size when it weighs a merge, so small parts
+//! are merged together, and into the newest larger part, many times over:
+//! that, not the INSERT, is most of what a small batch costs the server.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
