@@ -51,12 +51,7 @@ async fn one_org_s_concurrent_webhooks_share_inserts_and_keep_a_gapless_order() 
         .collect();
     // Every event twice: a duplicate of a change still being written must
     // wait for that write too.
-    let sends = events.iter().chain(&events).map(|e| app.webhook(e));
-    let statuses: Vec<u16> = futures_util::future::join_all(sends)
-        .await
-        .iter()
-        .map(|r| r.status().as_u16())
-        .collect();
+    let statuses = app.webhook_statuses(events.iter().chain(&events)).await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
 
     // One write at a time per org would be 50 inserts, 300 ms apart.

@@ -197,6 +197,19 @@ impl TestApp {
         self.webhook_raw(body, Some(header)).await
     }
 
+    /// Sends every event at once; the statuses, in the events' order.
+    pub async fn webhook_statuses<'a>(
+        &self,
+        events: impl IntoIterator<Item = &'a Value>,
+    ) -> Vec<u16> {
+        let sends = events.into_iter().map(|e| self.webhook(e));
+        futures_util::future::join_all(sends)
+            .await
+            .iter()
+            .map(|r| r.status().as_u16())
+            .collect()
+    }
+
     pub async fn webhook_raw(&self, body: Vec<u8>, header: Option<String>) -> reqwest::Response {
         let mut req = self.client.post(self.url("/webhooks/stripe")).body(body);
         if let Some(h) = header {
