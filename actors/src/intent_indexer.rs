@@ -34,6 +34,9 @@ pub struct IntentIndexer {
     pending: HashMap<String, PaymentIntentOwner>,
     writing: bool,
     dropped: usize,
+    /// Writes failed in a row. Only the first is a warning: an outage would
+    /// otherwise log one each `flush_every` for as long as it lasts.
+    failed_writes: u32,
     drain_waiters: DrainWaiters,
 }
 
@@ -45,6 +48,7 @@ impl IntentIndexer {
             pending: HashMap::new(),
             writing: false,
             dropped: 0,
+            failed_writes: 0,
             drain_waiters: DrainWaiters::default(),
         }
     }
@@ -76,8 +80,14 @@ impl IntentIndexer {
             .map(move |(result, owners), act, ctx| {
                 act.writing = false;
                 if let Err(e) = result {
-                    tracing::warn!(error = %e, owners = owners.len(),
-                        "PaymentIntent owners not indexed yet; retried at the next tick");
+                    act.failed_writes += 1;
+                    if act.failed_writes == 1 {
+                        tracing::warn!(error = %e, owners = owners.len(),
+                            "PaymentIntent owners not indexed yet; retried each tick");
+                    } else {
+                        tracing::debug!(error = %e, owners = owners.len(),
+                            failed_writes = act.failed_writes, "PaymentIntent owners still not indexed");
+                    }
                     // Newer owners win; the bound still holds.
                     let room = MAX_PENDING.saturating_sub(act.pending.len());
                     act.dropped += owners.len().saturating_sub(room);
@@ -87,6 +97,11 @@ impl IntentIndexer {
                     // Draining gives up rather than retry until stopped.
                     act.drain_waiters.release();
                     return;
+                }
+                if act.failed_writes > 0 {
+                    tracing::info!(failed_writes = act.failed_writes,
+                        "PaymentIntent owners indexed again");
+                    act.failed_writes = 0;
                 }
                 if !act.drain_waiters.is_empty() {
                     act.write(ctx);
