@@ -8,39 +8,69 @@
 //! more than live actors hold anyway. A miss is not an answer: the caller
 //! asks the store, then Stripe.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
 
 use crate::store::PaymentIntentOwner;
 
+/// One org actor's lifetime. An org's old actor may still be stopping when
+/// its new one has loaded the same PaymentIntents; the old one must not
+/// forget what the new one claimed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Claimant(u64);
+
+impl Claimant {
+    pub fn next() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        Self(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+struct Entry {
+    owner: PaymentIntentOwner,
+    claimant: Claimant,
+}
+
 #[derive(Clone, Default)]
 pub struct LiveIntents {
-    owners: Arc<DashMap<String, PaymentIntentOwner>>,
+    owners: Arc<DashMap<String, Entry>>,
 }
 
 impl LiveIntents {
-    pub fn insert(&self, payment_intent_id: &str, org_id: &str, sku: &str) {
-        if self.owners.contains_key(payment_intent_id) {
+    /// `claimant`, an actor of `org_id`, knows this PaymentIntent. A
+    /// PaymentIntent already claimed by another org stays with that org.
+    pub fn insert(&self, claimant: Claimant, payment_intent_id: &str, org_id: &str, sku: &str) {
+        if let Some(mut entry) = self.owners.get_mut(payment_intent_id) {
+            if entry.owner.org_id == org_id {
+                entry.claimant = claimant;
+            }
             return;
         }
         let owner = PaymentIntentOwner {
             org_id: org_id.to_owned(),
             sku: sku.to_owned(),
         };
-        self.owners.insert(payment_intent_id.to_owned(), owner);
+        self.owners
+            .insert(payment_intent_id.to_owned(), Entry { owner, claimant });
     }
 
-    /// Forgets `org_id`'s PaymentIntents (its actor is stopping). An entry
-    /// another org claimed in the meantime stays.
-    pub fn remove_org<'a>(&self, org_id: &str, payment_intent_ids: impl Iterator<Item = &'a str>) {
+    /// Forgets the PaymentIntents `claimant` claimed (its actor is
+    /// stopping). Entries claimed since by another actor stay.
+    pub fn remove_claims<'a>(
+        &self,
+        claimant: Claimant,
+        payment_intent_ids: impl Iterator<Item = &'a str>,
+    ) {
         for id in payment_intent_ids {
-            self.owners.remove_if(id, |_, owner| owner.org_id == org_id);
+            self.owners
+                .remove_if(id, |_, entry| entry.claimant == claimant);
         }
     }
 
     pub fn owner(&self, payment_intent_id: &str) -> Option<PaymentIntentOwner> {
-        self.owners.get(payment_intent_id).map(|o| o.clone())
+        self.owners.get(payment_intent_id).map(|e| e.owner.clone())
     }
 }
 
@@ -49,22 +79,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_org_forgets_only_its_own_payment_intents() {
+    fn an_actor_forgets_only_what_it_still_claims() {
         let live = LiveIntents::default();
-        live.insert("pi_1", "acme", "pro");
-        live.insert("pi_2", "acme", "pro");
-        live.insert("pi_3", "globex", "team");
+        let (acme, globex) = (Claimant::next(), Claimant::next());
+        live.insert(acme, "pi_1", "acme", "pro");
+        live.insert(acme, "pi_2", "acme", "pro");
+        live.insert(globex, "pi_3", "globex", "team");
         // A second claim does not move a PaymentIntent to another org.
-        live.insert("pi_1", "globex", "team");
+        live.insert(globex, "pi_1", "globex", "team");
         assert_eq!(live.owner("pi_1").unwrap().org_id, "acme");
 
-        live.remove_org("acme", ["pi_1", "pi_2", "pi_3"].into_iter());
+        live.remove_claims(acme, ["pi_1", "pi_2", "pi_3"].into_iter());
         assert_eq!(live.owner("pi_1"), None);
         assert_eq!(live.owner("pi_2"), None);
-        let globex = live.owner("pi_3").unwrap();
+        let globex_pi = live.owner("pi_3").unwrap();
         assert_eq!(
-            (globex.org_id.as_str(), globex.sku.as_str()),
+            (globex_pi.org_id.as_str(), globex_pi.sku.as_str()),
             ("globex", "team")
         );
+    }
+
+    #[test]
+    fn a_stopping_actor_leaves_what_its_successor_claimed() {
+        let live = LiveIntents::default();
+        let (old, new) = (Claimant::next(), Claimant::next());
+        live.insert(old, "pi_1", "acme", "pro");
+        live.insert(old, "pi_2", "acme", "pro");
+        // The org's new actor loads pi_1 before the old one has stopped.
+        live.insert(new, "pi_1", "acme", "pro");
+
+        live.remove_claims(old, ["pi_1", "pi_2"].into_iter());
+        assert_eq!(live.owner("pi_1").unwrap().org_id, "acme");
+        assert_eq!(live.owner("pi_2"), None);
+
+        live.remove_claims(new, ["pi_1"].into_iter());
+        assert_eq!(live.owner("pi_1"), None);
     }
 }

@@ -24,7 +24,7 @@ use dashmap::DashMap;
 
 use crate::ask::{Ask, Bounded, Request};
 use crate::ledger::Ledger;
-use crate::live_intents::LiveIntents;
+use crate::live_intents::{Claimant, LiveIntents};
 use crate::metrics::Metrics;
 use crate::model::{now_ms, Action, ActionKind, ActionStatus};
 use crate::org_event::{Entitlements, OrgEvent, Snapshot};
@@ -218,6 +218,8 @@ pub struct OrgActor {
     recent: VecDeque<Arc<OrgEvent>>,
     open_intents: HashMap<String, OpenIntent>,
     last_active: Instant,
+    /// This actor's claim on its PaymentIntents in `LiveIntents`.
+    claimant: Claimant,
 }
 
 impl OrgActor {
@@ -238,6 +240,7 @@ impl OrgActor {
             recent: VecDeque::new(),
             open_intents: HashMap::new(),
             last_active: Instant::now(),
+            claimant: Claimant::next(),
         }
     }
 
@@ -367,6 +370,7 @@ impl OrgActor {
                     let event = p.action.as_ref().map(|action| {
                         let event = Arc::new(ledger.apply(action));
                         self.deps.live_intents.insert(
+                            self.claimant,
                             &action.external_id,
                             &self.org_id,
                             &action.sku,
@@ -473,9 +477,12 @@ impl Actor for OrgActor {
                 }
                 tracing::debug!(org_id = %act.org_id, seq = ledger.seq(), "org state rebuilt");
                 for (payment_intent_id, intent) in ledger.intents() {
-                    act.deps
-                        .live_intents
-                        .insert(payment_intent_id, &act.org_id, &intent.sku);
+                    act.deps.live_intents.insert(
+                        act.claimant,
+                        payment_intent_id,
+                        &act.org_id,
+                        &intent.sku,
+                    );
                 }
                 act.state = State::Ready {
                     ahead: ledger.clone(),
@@ -504,7 +511,7 @@ impl Actor for OrgActor {
             .remove_if(&self.org_id, |_, actor| *actor.addr() == me);
         if let State::Ready { durable, .. } = &self.state {
             let ids = durable.intents().map(|(id, _)| id);
-            self.deps.live_intents.remove_org(&self.org_id, ids);
+            self.deps.live_intents.remove_claims(self.claimant, ids);
         }
         self.deps.metrics.live_org_actors.dec();
         Running::Stop
