@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use actix::{Actor, System, SystemRunner};
 use actors::metrics::Metrics;
-use actors::model::{Action, ActionKind, ActionStatus};
+use actors::model::{Action, ActionKind, ActionStatus, OrgActorId};
 use actors::persistence::{persist, GetStats, PersistenceActor, PersistenceSettings};
 use actors::store::{ActionStore, ClickHouseSettings, ClickHouseStore};
 
@@ -493,9 +493,10 @@ fn run_actor(server: &Server, system: &SystemRunner, rows: &[Action], args: &Arg
             .into_iter()
             .map(|share| {
                 let to = addr.clone().recipient();
+                let writer = OrgActorId::next();
                 actix::spawn(async move {
                     for action in share {
-                        persist(&to, action).await.expect("row not stored");
+                        persist(&to, writer, action).await.expect("row not stored");
                     }
                 })
             })

@@ -8,29 +8,16 @@
 //! more than live actors hold anyway. A miss is not an answer: the caller
 //! asks the store, then Stripe.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
 
+use crate::model::OrgActorId;
 use crate::store::PaymentIntentOwner;
-
-/// One org actor's lifetime. An org's old actor may still be stopping when
-/// its new one has loaded the same PaymentIntents; the old one must not
-/// forget what the new one claimed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Claimant(u64);
-
-impl Claimant {
-    pub fn next() -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        Self(NEXT.fetch_add(1, Ordering::Relaxed))
-    }
-}
 
 struct Entry {
     owner: PaymentIntentOwner,
-    claimant: Claimant,
+    claimant: OrgActorId,
 }
 
 #[derive(Clone, Default)]
@@ -40,8 +27,10 @@ pub struct LiveIntents {
 
 impl LiveIntents {
     /// `claimant`, an actor of `org_id`, knows this PaymentIntent. A
-    /// PaymentIntent already claimed by another org stays with that org.
-    pub fn insert(&self, claimant: Claimant, payment_intent_id: &str, org_id: &str, sku: &str) {
+    /// PaymentIntent already claimed by another org stays with that org; one
+    /// its org's previous actor claimed moves to this one (which may load it
+    /// before the previous one has stopped).
+    pub fn insert(&self, claimant: OrgActorId, payment_intent_id: &str, org_id: &str, sku: &str) {
         if let Some(mut entry) = self.owners.get_mut(payment_intent_id) {
             if entry.owner.org_id == org_id {
                 entry.claimant = claimant;
@@ -60,7 +49,7 @@ impl LiveIntents {
     /// stopping). Entries claimed since by another actor stay.
     pub fn remove_claims<'a>(
         &self,
-        claimant: Claimant,
+        claimant: OrgActorId,
         payment_intent_ids: impl Iterator<Item = &'a str>,
     ) {
         for id in payment_intent_ids {
@@ -81,7 +70,7 @@ mod tests {
     #[test]
     fn an_actor_forgets_only_what_it_still_claims() {
         let live = LiveIntents::default();
-        let (acme, globex) = (Claimant::next(), Claimant::next());
+        let (acme, globex) = (OrgActorId::next(), OrgActorId::next());
         live.insert(acme, "pi_1", "acme", "pro");
         live.insert(acme, "pi_2", "acme", "pro");
         live.insert(globex, "pi_3", "globex", "team");
@@ -102,7 +91,7 @@ mod tests {
     #[test]
     fn a_stopping_actor_leaves_what_its_successor_claimed() {
         let live = LiveIntents::default();
-        let (old, new) = (Claimant::next(), Claimant::next());
+        let (old, new) = (OrgActorId::next(), OrgActorId::next());
         live.insert(old, "pi_1", "acme", "pro");
         live.insert(old, "pi_2", "acme", "pro");
         // The org's new actor loads pi_1 before the old one has stopped.

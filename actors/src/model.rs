@@ -1,6 +1,8 @@
 //! The action: one recorded fact about an org's purchases. Everything else
 //! (entitlements, `seq`, applied ids) is derived from the org's actions.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -51,6 +53,19 @@ impl ActionStatus {
             "failed" => Some(ActionStatus::Failed),
             _ => None,
         }
+    }
+}
+
+/// One org actor's lifetime. An org whose actor stopped gets a new actor
+/// with a new id, so what the old one set going (rows still on their way to
+/// the store, claims on PaymentIntents) is told apart from the new one's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct OrgActorId(u64);
+
+impl OrgActorId {
+    pub fn next() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        Self(NEXT.fetch_add(1, Ordering::Relaxed))
     }
 }
 

@@ -24,9 +24,9 @@ use dashmap::DashMap;
 
 use crate::ask::{Ask, Bounded, Request};
 use crate::ledger::Ledger;
-use crate::live_intents::{Claimant, LiveIntents};
+use crate::live_intents::LiveIntents;
 use crate::metrics::Metrics;
-use crate::model::{now_ms, Action, ActionKind, ActionStatus};
+use crate::model::{now_ms, Action, ActionKind, ActionStatus, OrgActorId};
 use crate::org_event::{Entitlements, OrgEvent, Snapshot};
 use crate::persistence::{self, Persist, PersistError};
 use crate::sse_hub::Publish;
@@ -218,8 +218,9 @@ pub struct OrgActor {
     recent: VecDeque<Arc<OrgEvent>>,
     open_intents: HashMap<String, OpenIntent>,
     last_active: Instant,
-    /// This actor's claim on its PaymentIntents in `LiveIntents`.
-    claimant: Claimant,
+    /// Names this actor, not the org, to the PersistenceActor and in
+    /// `LiveIntents`.
+    id: OrgActorId,
 }
 
 impl OrgActor {
@@ -240,7 +241,7 @@ impl OrgActor {
             recent: VecDeque::new(),
             open_intents: HashMap::new(),
             last_active: Instant::now(),
-            claimant: Claimant::next(),
+            id: OrgActorId::next(),
         }
     }
 
@@ -317,7 +318,7 @@ impl OrgActor {
         self.next_ticket += 1;
         if let Some(action) = &action {
             ahead.fold(action);
-            let write = persistence::persist(&self.deps.persistence, action.clone());
+            let write = persistence::persist(&self.deps.persistence, self.id, action.clone());
             self.writes_in_flight += 1;
             ctx.spawn(
                 write
@@ -370,7 +371,7 @@ impl OrgActor {
                     let event = p.action.as_ref().map(|action| {
                         let event = Arc::new(ledger.apply(action));
                         self.deps.live_intents.insert(
-                            self.claimant,
+                            self.id,
                             &action.external_id,
                             &self.org_id,
                             &action.sku,
@@ -478,7 +479,7 @@ impl Actor for OrgActor {
                 tracing::debug!(org_id = %act.org_id, seq = ledger.seq(), "org state rebuilt");
                 for (payment_intent_id, intent) in ledger.intents() {
                     act.deps.live_intents.insert(
-                        act.claimant,
+                        act.id,
                         payment_intent_id,
                         &act.org_id,
                         &intent.sku,
@@ -511,7 +512,7 @@ impl Actor for OrgActor {
             .remove_if(&self.org_id, |_, actor| *actor.addr() == me);
         if let State::Ready { durable, .. } = &self.state {
             let ids = durable.intents().map(|(id, _)| id);
-            self.deps.live_intents.remove_claims(self.claimant, ids);
+            self.deps.live_intents.remove_claims(self.id, ids);
         }
         self.deps.metrics.live_org_actors.dec();
         Running::Stop

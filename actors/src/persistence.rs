@@ -13,7 +13,7 @@
 //! once, their next rows arrive together; flushing on the first of them would
 //! write it alone and make all the others wait for that one-row INSERT.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 
 use crate::intent_indexer::IndexIntents;
 use crate::metrics::{Mailbox, Metrics};
-use crate::model::Action;
+use crate::model::{Action, OrgActorId};
 use crate::store::{ActionStore, PaymentIntentOwner, StoreError};
 
 #[derive(Clone, Debug)]
@@ -51,6 +51,9 @@ pub enum PersistError {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Persist {
+    /// The org actor that decided `action`, having assumed that every row
+    /// it sent before is stored too.
+    pub writer: OrgActorId,
     pub action: Action,
     pub reply: oneshot::Sender<Result<(), PersistError>>,
 }
@@ -60,10 +63,15 @@ pub struct Persist {
 /// answered with `Overloaded`.
 pub fn persist(
     to: &Recipient<Persist>,
+    writer: OrgActorId,
     action: Action,
 ) -> impl Future<Output = Result<(), PersistError>> + 'static {
     let (reply, answer) = oneshot::channel();
-    to.do_send(Persist { action, reply });
+    to.do_send(Persist {
+        writer,
+        action,
+        reply,
+    });
     async move {
         answer
             .await
@@ -120,10 +128,13 @@ pub struct PersistenceStats {
 
 type Reply = oneshot::Sender<Result<(), PersistError>>;
 
+/// A row's writer and the answer it waits for.
+type Waiter = (OrgActorId, Reply);
+
 pub struct PersistenceActor {
     store: ActionStore,
     settings: PersistenceSettings,
-    pending: VecDeque<(Action, Reply)>,
+    pending: VecDeque<(Action, Waiter)>,
     in_flight: bool,
     last_write_started: Option<Instant>,
     timer_armed: bool,
@@ -131,6 +142,12 @@ pub struct PersistenceActor {
     /// new rows are refused at once, so writers get a fast 503.
     retry_at: Option<Instant>,
     backoff: Duration,
+    /// Writers that had a row refused or not stored, and when. Their later
+    /// rows were decided assuming that one, so they are refused too, even
+    /// once the store is back; the org's next actor writes under a new id.
+    refused_writers: HashMap<OrgActorId, Instant>,
+    /// `refused_writers` is pruned when it reaches this size.
+    refused_writers_prune_at: usize,
     drain_waiters: DrainWaiters,
     stats: PersistenceStats,
     metrics: Metrics,
@@ -148,6 +165,11 @@ struct Flush;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a refused writer's later rows are refused. Those rows were sent
+/// before the writer heard of the refusal, so they arrive within the time
+/// this mailbox lags behind; a minute is far beyond it.
+const REFUSED_WRITER_MEMORY: Duration = Duration::from_secs(60);
+const MIN_REFUSED_WRITERS_PRUNE_AT: usize = 1024;
 
 impl PersistenceActor {
     pub fn new(store: ActionStore, settings: PersistenceSettings, metrics: Metrics) -> Self {
@@ -160,6 +182,8 @@ impl PersistenceActor {
             timer_armed: false,
             retry_at: None,
             backoff: MIN_BACKOFF,
+            refused_writers: HashMap::new(),
+            refused_writers_prune_at: MIN_REFUSED_WRITERS_PRUNE_AT,
             drain_waiters: DrainWaiters::default(),
             stats: PersistenceStats::default(),
             metrics,
@@ -171,6 +195,19 @@ impl PersistenceActor {
     pub fn with_intent_index(mut self, index: Recipient<IndexIntents>) -> Self {
         self.intent_index = Some(index);
         self
+    }
+
+    /// Answers `err` and refuses the writer's later rows.
+    fn refuse(&mut self, (writer, reply): Waiter, err: PersistError) {
+        let now = Instant::now();
+        if self.refused_writers.len() >= self.refused_writers_prune_at {
+            self.refused_writers
+                .retain(|_, at| now.duration_since(*at) < REFUSED_WRITER_MEMORY);
+            self.refused_writers_prune_at =
+                (self.refused_writers.len() * 2).max(MIN_REFUSED_WRITERS_PRUNE_AT);
+        }
+        self.refused_writers.insert(writer, now);
+        let _ = reply.send(Err(err));
     }
 
     fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
@@ -216,7 +253,7 @@ impl PersistenceActor {
         }
 
         let take = self.pending.len().min(self.settings.batch_max_rows);
-        let (rows, replies): (Vec<Action>, Vec<Reply>) = self.pending.drain(..take).unzip();
+        let (rows, waiters): (Vec<Action>, Vec<Waiter>) = self.pending.drain(..take).unzip();
         let owners: Vec<(String, PaymentIntentOwner)> = match self.intent_index {
             Some(_) => rows
                 .iter()
@@ -255,7 +292,7 @@ impl PersistenceActor {
                     act.stats.rows += row_count;
                     act.retry_at = None;
                     act.backoff = MIN_BACKOFF;
-                    for reply in replies {
+                    for (_, reply) in waiters {
                         let _ = reply.send(Ok(()));
                     }
                     if let Some(index) = act.intent_index.as_ref().filter(|_| !owners.is_empty()) {
@@ -269,13 +306,14 @@ impl PersistenceActor {
                     act.retry_at = Some(Instant::now() + act.backoff);
                     act.backoff = (act.backoff * 2).min(MAX_BACKOFF);
                     let err = PersistError::Unavailable(msg);
-                    for reply in replies {
-                        let _ = reply.send(Err(err.clone()));
+                    for waiter in waiters {
+                        act.refuse(waiter, err.clone());
                     }
                     // Rows queued behind the failed write would only wait
                     // out the backoff: tell their writers now.
-                    for (_, reply) in act.pending.drain(..) {
-                        let _ = reply.send(Err(err.clone()));
+                    let queued: Vec<Waiter> = act.pending.drain(..).map(|(_, w)| w).collect();
+                    for waiter in queued {
+                        act.refuse(waiter, err.clone());
                     }
                 }
             }
@@ -291,17 +329,27 @@ impl Actor for PersistenceActor {
 impl Handler<Persist> for PersistenceActor {
     type Result = ();
 
-    fn handle(&mut self, Persist { action, reply: tx }: Persist, ctx: &mut Context<Self>) {
-        if let Some(retry_at) = self.retry_at.filter(|t| *t > Instant::now()) {
+    fn handle(&mut self, persist: Persist, ctx: &mut Context<Self>) {
+        let Persist {
+            writer,
+            action,
+            reply,
+        } = persist;
+        if !self.refused_writers.is_empty() && self.refused_writers.contains_key(&writer) {
+            let _ = reply.send(Err(PersistError::Unavailable(
+                "an earlier action of this org was not stored".into(),
+            )));
+        } else if let Some(retry_at) = self.retry_at.filter(|t| *t > Instant::now()) {
             let wait_ms = (retry_at - Instant::now()).as_millis();
-            let _ = tx.send(Err(PersistError::Unavailable(format!(
+            let err = PersistError::Unavailable(format!(
                 "store failed recently; next attempt in {wait_ms} ms"
-            ))));
+            ));
+            self.refuse((writer, reply), err);
         } else if self.pending.len() >= self.settings.max_pending {
             self.metrics.mailbox_full(Mailbox::Persistence);
-            let _ = tx.send(Err(PersistError::Overloaded));
+            self.refuse((writer, reply), PersistError::Overloaded);
         } else {
-            self.pending.push_back((action, tx));
+            self.pending.push_back((action, (writer, reply)));
             self.schedule_flush(ctx);
         }
     }
@@ -347,5 +395,86 @@ impl Handler<GetStats> for PersistenceActor {
 
     fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{now_ms, ActionKind, ActionStatus};
+    use crate::store::EmbeddedStore;
+
+    fn action(org_id: &str, id: &str, seq: u64) -> Action {
+        Action {
+            id: id.into(),
+            org_id: org_id.into(),
+            seq,
+            kind: ActionKind::Payment,
+            status: ActionStatus::Delivered,
+            sku: "pro".into(),
+            external_id: format!("pi_{id}"),
+            event_id: None,
+            amount: 100,
+            currency: "usd".into(),
+            created_at_ms: now_ms(),
+            simulated: true,
+        }
+    }
+
+    async fn stored_ids(store: &ActionStore, org_id: &str) -> Vec<String> {
+        let actions = store.org_actions(org_id).await.expect("read the store");
+        actions.into_iter().map(|a| a.id).collect()
+    }
+
+    /// An org actor decides each change against everything it sent before.
+    /// Once one of its rows is refused, a later row of it that found room
+    /// would land without the row it assumed: a gap in the org's seqs.
+    #[actix::test]
+    async fn a_refused_writers_later_rows_are_refused_even_when_there_is_room() {
+        let dir = std::env::temp_dir().join(format!(
+            "entitlements-persistence-{}-{}",
+            std::process::id(),
+            now_ms()
+        ));
+        let store = ActionStore::Embedded(EmbeddedStore::new(dir.join("actions.db")));
+        store.migrate().await.expect("create the store");
+        let settings = PersistenceSettings {
+            batch_max_rows: 100,
+            min_interval: Duration::ZERO,
+            write_timeout: Duration::from_secs(10),
+            max_pending: 1,
+        };
+        let to = PersistenceActor::new(store.clone(), settings, Metrics::new())
+            .start()
+            .recipient();
+        let (acme, globex) = (OrgActorId::next(), OrgActorId::next());
+
+        // Both are in the mailbox before the actor runs: the first row
+        // waits for its write, the second finds no room.
+        let first = persist(&to, acme, action("acme", "a1", 1));
+        let second = persist(&to, acme, action("acme", "a2", 2));
+        assert_eq!(first.await, Ok(()));
+        assert_eq!(second.await, Err(PersistError::Overloaded));
+
+        // There is room again, but a3 was decided assuming a2.
+        let third = persist(&to, acme, action("acme", "a3", 3)).await;
+        assert!(
+            matches!(third, Err(PersistError::Unavailable(_))),
+            "{third:?}"
+        );
+        // Other writers are not affected; nor is the org's next actor.
+        let acme_again = OrgActorId::next();
+        assert_eq!(
+            persist(&to, globex, action("globex", "g1", 1)).await,
+            Ok(())
+        );
+        assert_eq!(
+            persist(&to, acme_again, action("acme", "a2", 2)).await,
+            Ok(())
+        );
+
+        assert_eq!(stored_ids(&store, "acme").await, ["a1", "a2"]);
+        assert_eq!(stored_ids(&store, "globex").await, ["g1"]);
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
