@@ -27,9 +27,9 @@ pub struct LiveIntents {
 
 impl LiveIntents {
     /// `claimant`, an actor of `org_id`, knows this PaymentIntent. A
-    /// PaymentIntent already claimed by another org stays with that org; one
-    /// its org's previous actor claimed moves to this one (which may load it
-    /// before the previous one has stopped).
+    /// PaymentIntent already claimed by another org stays with that org; of
+    /// one org's actors the latest to claim it holds it (a new actor may load
+    /// it before the previous one has stopped).
     pub fn insert(&self, claimant: OrgActorId, payment_intent_id: &str, org_id: &str, sku: &str) {
         if let Some(mut entry) = self.owners.get_mut(payment_intent_id) {
             if entry.owner.org_id == org_id {

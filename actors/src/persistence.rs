@@ -165,9 +165,10 @@ struct Flush;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// How long a refused writer's later rows are refused. Those rows were sent
-/// before the writer heard of the refusal, so they arrive within the time
-/// this mailbox lags behind; a minute is far beyond it.
+/// How long after its last refused row a writer is remembered. An org actor
+/// goes on sending rows until its writes before the refused one are back
+/// (each bounded by `write_timeout`, 3 s in the service), then stops; every
+/// row it sends in between is refused and renews the entry.
 const REFUSED_WRITER_MEMORY: Duration = Duration::from_secs(60);
 const MIN_REFUSED_WRITERS_PRUNE_AT: usize = 1024;
 
@@ -197,7 +198,8 @@ impl PersistenceActor {
         self
     }
 
-    /// Answers `err` and refuses the writer's later rows.
+    /// Answers `err` and refuses the writer's later rows (for
+    /// `REFUSED_WRITER_MEMORY` after this one).
     fn refuse(&mut self, (writer, reply): Waiter, err: PersistError) {
         let now = Instant::now();
         if self.refused_writers.len() >= self.refused_writers_prune_at {
@@ -336,9 +338,10 @@ impl Handler<Persist> for PersistenceActor {
             reply,
         } = persist;
         if !self.refused_writers.is_empty() && self.refused_writers.contains_key(&writer) {
-            let _ = reply.send(Err(PersistError::Unavailable(
-                "an earlier action of this org was not stored".into(),
-            )));
+            let err = PersistError::Unavailable(
+                "an earlier action of this org actor was not stored".into(),
+            );
+            self.refuse((writer, reply), err);
         } else if let Some(retry_at) = self.retry_at.filter(|t| *t > Instant::now()) {
             let wait_ms = (retry_at - Instant::now()).as_millis();
             let err = PersistError::Unavailable(format!(
@@ -402,7 +405,7 @@ impl Handler<GetStats> for PersistenceActor {
 mod tests {
     use super::*;
     use crate::model::{now_ms, ActionKind, ActionStatus};
-    use crate::store::EmbeddedStore;
+    use crate::store::{ClickHouseSettings, ClickHouseStore, EmbeddedStore};
 
     fn action(org_id: &str, id: &str, seq: u64) -> Action {
         Action {
@@ -431,12 +434,8 @@ mod tests {
     /// would land without the row it assumed: a gap in the org's seqs.
     #[actix::test]
     async fn a_refused_writers_later_rows_are_refused_even_when_there_is_room() {
-        let dir = std::env::temp_dir().join(format!(
-            "entitlements-persistence-{}-{}",
-            std::process::id(),
-            now_ms()
-        ));
-        let store = ActionStore::Embedded(EmbeddedStore::new(dir.join("actions.db")));
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = ActionStore::Embedded(EmbeddedStore::new(dir.path().join("actions.db")));
         store.migrate().await.expect("create the store");
         let settings = PersistenceSettings {
             batch_max_rows: 100,
@@ -475,6 +474,66 @@ mod tests {
 
         assert_eq!(stored_ids(&store, "acme").await, ["a1", "a2"]);
         assert_eq!(stored_ids(&store, "globex").await, ["g1"]);
-        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// The same after a failed write: once the backoff is over the store
+    /// gets another try, but not with a row that assumed the failed one.
+    #[actix::test]
+    async fn a_failed_writers_later_rows_never_reach_the_store() {
+        // A ClickHouse address nothing listens on: every write fails.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let store = ClickHouseStore::new(ClickHouseSettings {
+            url: format!("http://127.0.0.1:{port}"),
+            database: String::new(),
+            user: String::new(),
+            password: String::new(),
+            table: "actions".into(),
+            timeout: Duration::from_secs(5),
+        })
+        .expect("valid settings");
+        let settings = PersistenceSettings {
+            batch_max_rows: 100,
+            min_interval: Duration::ZERO,
+            write_timeout: Duration::from_secs(5),
+            max_pending: 100,
+        };
+        let addr =
+            PersistenceActor::new(ActionStore::ClickHouse(store), settings, Metrics::new()).start();
+        let to = addr.clone().recipient();
+        let failed_batches = || async {
+            addr.send(GetStats)
+                .await
+                .expect("actor alive")
+                .failed_batches
+        };
+        let (acme, globex) = (OrgActorId::next(), OrgActorId::next());
+
+        let first = persist(&to, acme, action("acme", "a1", 1)).await;
+        assert!(
+            matches!(first, Err(PersistError::Unavailable(_))),
+            "{first:?}"
+        );
+        assert_eq!(failed_batches().await, 1);
+
+        // Past the first backoff (100 ms), a new writer's row is tried...
+        tokio::time::sleep(MIN_BACKOFF + Duration::from_millis(50)).await;
+        let other = persist(&to, globex, action("globex", "g1", 1)).await;
+        assert!(
+            matches!(other, Err(PersistError::Unavailable(_))),
+            "{other:?}"
+        );
+        assert_eq!(failed_batches().await, 2);
+
+        // ...and past the next one (200 ms), acme's a2 is refused untried.
+        tokio::time::sleep(MIN_BACKOFF * 2 + Duration::from_millis(50)).await;
+        let second = persist(&to, acme, action("acme", "a2", 2)).await;
+        assert!(
+            matches!(second, Err(PersistError::Unavailable(_))),
+            "{second:?}"
+        );
+        assert_eq!(failed_batches().await, 2, "a2 must not have been written");
     }
 }
