@@ -313,8 +313,7 @@ impl PersistenceActor {
                     }
                     // Rows queued behind the failed write would only wait
                     // out the backoff: tell their writers now.
-                    let queued: Vec<Waiter> = act.pending.drain(..).map(|(_, w)| w).collect();
-                    for waiter in queued {
+                    for (_, waiter) in std::mem::take(&mut act.pending) {
                         act.refuse(waiter, err.clone());
                     }
                 }
@@ -337,7 +336,7 @@ impl Handler<Persist> for PersistenceActor {
             action,
             reply,
         } = persist;
-        if !self.refused_writers.is_empty() && self.refused_writers.contains_key(&writer) {
+        if self.refused_writers.contains_key(&writer) {
             let err = PersistError::Unavailable(
                 "an earlier action of this org actor was not stored".into(),
             );
