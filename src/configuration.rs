@@ -6,6 +6,7 @@
 use std::net::ToSocketAddrs;
 use std::path::Path;
 
+use actors::secret::Secret;
 use serde::{Deserialize, Deserializer};
 
 pub const DEVELOPMENT_JWT_SECRET: &str = "dev-only-secret";
@@ -25,6 +26,7 @@ pub struct Settings {
     pub stripe: StripeSettings,
     pub store: StoreSettings,
     pub clickhouse: ClickHouseSettings,
+    pub jetstream: JetStreamSettings,
     pub persistence: PersistenceSettings,
     pub orgs: OrgSettings,
     pub sse: SseSettings,
@@ -70,6 +72,7 @@ pub struct StripeSettings {
 pub enum Backend {
     Embedded,
     ClickHouse,
+    JetStream,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -87,6 +90,19 @@ pub struct ClickHouseSettings {
     pub user: String,
     pub password: String,
     pub table: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JetStreamSettings {
+    pub servers: Vec<String>,
+    pub stream: String,
+    pub subject_prefix: String,
+    pub replicas: usize,
+    pub user: String,
+    pub password: Secret,
+    pub credentials_file: String,
+    pub clickhouse_projection: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -140,6 +156,7 @@ impl Default for Settings {
             stripe: StripeSettings::default(),
             store: StoreSettings::default(),
             clickhouse: ClickHouseSettings::default(),
+            jetstream: JetStreamSettings::default(),
             persistence: PersistenceSettings::default(),
             orgs: OrgSettings::default(),
             sse: SseSettings::default(),
@@ -202,6 +219,21 @@ impl Default for ClickHouseSettings {
             user: "default".into(),
             password: String::new(),
             table: "actions".into(),
+        }
+    }
+}
+
+impl Default for JetStreamSettings {
+    fn default() -> Self {
+        Self {
+            servers: vec!["nats://127.0.0.1:4222".into()],
+            stream: "ENTITLEMENTS".into(),
+            subject_prefix: "entitlements".into(),
+            replicas: 1,
+            user: String::new(),
+            password: Secret::default(),
+            credentials_file: String::new(),
+            clickhouse_projection: true,
         }
     }
 }
@@ -369,7 +401,36 @@ impl Settings {
         if self.store.backend == Backend::Embedded && self.store.path.is_empty() {
             return fail("store.path", "must name the embedded store file");
         }
-        if self.store.backend == Backend::ClickHouse
+        if self.store.backend == Backend::JetStream {
+            let js = &self.jetstream;
+            if js.servers.is_empty() || js.servers.iter().any(String::is_empty) {
+                return fail(
+                    "jetstream.servers",
+                    "must list at least one NATS server URL",
+                );
+            }
+            let name_ok = |name: &str| {
+                !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            };
+            if !name_ok(&js.stream) {
+                return fail("jetstream.stream", "must be letters, digits, `_` and `-`");
+            }
+            if !js.subject_prefix.split('.').all(name_ok) {
+                return fail(
+                    "jetstream.subject_prefix",
+                    "must be dot-separated tokens of letters, digits, `_` and `-`",
+                );
+            }
+            if !(1..=5).contains(&js.replicas) {
+                return fail("jetstream.replicas", "must be 1 to 5");
+            }
+        }
+        let clickhouse_used = self.store.backend == Backend::ClickHouse
+            || (self.store.backend == Backend::JetStream && self.jetstream.clickhouse_projection);
+        if clickhouse_used
             && (self.clickhouse.table.is_empty()
                 || !self
                     .clickhouse
@@ -456,6 +517,19 @@ mod tests {
     }
 
     #[test]
+    fn printing_the_settings_never_shows_the_nats_password() {
+        let s = Settings::from_toml(
+            "[jetstream]\nuser = \"svc\"\npassword = \"nats-pa55word\"\n",
+            env(&[]),
+        )
+        .unwrap();
+        assert_eq!(s.jetstream.password.expose(), "nats-pa55word");
+        let printed = format!("{s:?}");
+        assert!(!printed.contains("nats-pa55word"), "{printed}");
+        assert!(printed.contains("<redacted>"));
+    }
+
+    #[test]
     fn bad_configs_name_the_key() {
         let cases = [
             ("[store]\nbackend = \"postgres\"", "store.backend"),
@@ -474,6 +548,18 @@ mod tests {
                 "stripe.webhook_secrets",
             ),
             ("[server]\nbogus = 1", "server"),
+            (
+                "[store]\nbackend = \"jetstream\"\n[jetstream]\nservers = []",
+                "jetstream.servers",
+            ),
+            (
+                "[store]\nbackend = \"jetstream\"\n[jetstream]\nsubject_prefix = \"a..b\"",
+                "jetstream.subject_prefix",
+            ),
+            (
+                "[store]\nbackend = \"jetstream\"\n[jetstream]\nreplicas = 0",
+                "jetstream.replicas",
+            ),
         ];
         for (text, key) in cases {
             let err = Settings::from_toml(text, env(&[])).unwrap_err().to_string();

@@ -90,6 +90,9 @@ impl From<OrgError> for ApiError {
             OrgError::PersistenceUnavailable(msg) => {
                 ApiError::PersistenceUnavailable(format!("the action could not be recorded: {msg}"))
             }
+            OrgError::Stale => ApiError::PersistenceUnavailable(
+                "other nodes kept writing this org first; try again".into(),
+            ),
             OrgError::Stripe(e) => ApiError::Stripe(e.0),
         }
     }

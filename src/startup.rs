@@ -10,14 +10,20 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
 use actors::ask::Bounded;
 use actors::directory::OrgDirectory;
+use actors::follower;
 use actors::intent_indexer::IntentIndexer;
+use actors::lease::Lease;
 use actors::live_intents::LiveIntents;
 use actors::metrics::Metrics;
 use actors::org::{OrgDeps, OrgSettings, Product};
 use actors::persistence::{Drain, PersistenceActor, PersistenceSettings};
+use actors::projection::Projection;
 use actors::reconciler::Reconciler;
-use actors::sse_hub::SseHub;
-use actors::store::{ActionStore, ClickHouseSettings, ClickHouseStore, EmbeddedStore};
+use actors::sse_hub::{SseHub, SubscribedOrgs};
+use actors::store::{
+    ActionStore, ClickHouseSettings, ClickHouseStore, EmbeddedStore, JetStreamSettings,
+    JetStreamStore,
+};
 use actors::store_reader::StoreReader;
 use actors::stripe::{StripeActor, StripeApi, StripeSettings};
 use tokio::sync::watch;
@@ -45,6 +51,9 @@ pub struct Application {
     persistence: Addr<PersistenceActor>,
     intent_indexer: Option<Addr<IntentIndexer>>,
     org_arbiters: Vec<ArbiterHandle>,
+    /// Many nodes: stops the stream follower and the ClickHouse projection.
+    stream_tasks: watch::Sender<bool>,
+    projection: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Time a store operation may take before it counts as failed; keeps a
@@ -59,7 +68,7 @@ impl Application {
     /// inside an actix System. Fails, starting nothing, when the store
     /// cannot be prepared.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let store = open_store(&settings)?;
+        let store = open_store(&settings).await?;
         let metrics = Metrics::new();
         let stripe_settings = StripeSettings {
             secret_key: settings.stripe.secret_key.clone(),
@@ -76,7 +85,7 @@ impl Application {
         // ClickHouse wants few, large queries; SQLite's are cheap.
         let query_spacing = match settings.store.backend {
             Backend::ClickHouse => Duration::from_millis(settings.persistence.batch_max_ms),
-            Backend::Embedded => Duration::ZERO,
+            Backend::Embedded | Backend::JetStream => Duration::ZERO,
         };
         let persistence_settings = PersistenceSettings {
             batch_max_rows,
@@ -90,7 +99,7 @@ impl Application {
             ActionStore::ClickHouse(clickhouse) => {
                 Some(IntentIndexer::new(clickhouse.clone(), INTENT_INDEX_EVERY).start())
             }
-            ActionStore::Embedded(_) => None,
+            ActionStore::Embedded(_) | ActionStore::JetStream(_) => None,
         };
         let persistence = {
             let (store, metrics) = (store.clone(), metrics.clone());
@@ -106,7 +115,8 @@ impl Application {
         };
         let client_queue = settings.sse.client_queue;
         let hub_metrics = metrics.clone();
-        let hub = SseHub::new(client_queue, hub_metrics).start();
+        let subscribed = SubscribedOrgs::default();
+        let hub = SseHub::new(client_queue, subscribed.clone(), hub_metrics).start();
 
         let products: Arc<[Product]> = settings
             .products
@@ -150,6 +160,7 @@ impl Application {
                     settings: org_settings,
                     metrics: metrics.clone(),
                     live_intents: LiveIntents::default(),
+                    subscribed,
                 };
                 let dir = OrgDirectory::new(deps, arbiters.clone());
                 directory = Some(dir.clone());
@@ -167,7 +178,36 @@ impl Application {
             let interval = Duration::from_secs(settings.stripe.reconcile_interval_secs);
             let stripe = Bounded::new(stripe, stripe_mailbox);
             let (api, store, metrics) = (stripe_api.clone(), store.clone(), metrics.clone());
-            Reconciler::new(api, stripe, store, interval, metrics).start();
+            let mut reconciler = Reconciler::new(api, stripe, store.clone(), interval, metrics);
+            if let ActionStore::JetStream(js) = &store {
+                // Held across passes; lost two intervals after its holder stops.
+                let bucket = js.leases(interval * 2).await?;
+                let holder = format!("{}:{port}", std::process::id());
+                reconciler = reconciler.with_lease(Lease::new(bucket, "reconciler", holder));
+            }
+            reconciler.start();
+        }
+
+        let (stream_tasks, stop_stream_tasks) = watch::channel(false);
+        let mut projection = None;
+        if let ActionStore::JetStream(js) = &store {
+            actix::spawn(follower::follow(
+                js.clone(),
+                directory.clone(),
+                metrics.clone(),
+                stop_stream_tasks.clone(),
+            ));
+            if settings.jetstream.clickhouse_projection {
+                let clickhouse = clickhouse_store(&settings)?;
+                clickhouse.migrate().await?;
+                let projection_task = Projection {
+                    stream: js.clone(),
+                    clickhouse,
+                    batch_max_rows: settings.persistence.batch_max_rows.max(1000),
+                    metrics: metrics.clone(),
+                };
+                projection = Some(actix::spawn(projection_task.run(stop_stream_tasks)));
+            }
         }
 
         let (closing_tx, closing) = watch::channel(false);
@@ -212,6 +252,8 @@ impl Application {
             persistence,
             intent_indexer,
             org_arbiters: arbiters,
+            stream_tasks,
+            projection,
         })
     }
 
@@ -237,6 +279,12 @@ impl Application {
         let _ = self.persistence.send(Drain).await;
         if let Some(indexer) = &self.intent_indexer {
             let _ = indexer.send(Drain).await;
+        }
+        // Every append was answered before the server stopped; the
+        // projection inserts and acknowledges the batch it holds.
+        let _ = self.stream_tasks.send(true);
+        if let Some(projection) = self.projection {
+            let _ = projection.await;
         }
         for arbiter in &self.org_arbiters {
             arbiter.stop();
@@ -275,19 +323,37 @@ async fn wait_for_stop_signal() {
     }
 }
 
-fn open_store(settings: &Settings) -> anyhow::Result<ActionStore> {
+async fn open_store(settings: &Settings) -> anyhow::Result<ActionStore> {
     Ok(match settings.store.backend {
         Backend::Embedded => ActionStore::Embedded(EmbeddedStore::new(&settings.store.path)),
-        Backend::ClickHouse => {
-            let c = &settings.clickhouse;
-            ActionStore::ClickHouse(ClickHouseStore::new(ClickHouseSettings {
-                url: c.url.clone(),
-                database: c.database.clone(),
-                user: c.user.clone(),
-                password: c.password.clone(),
-                table: c.table.clone(),
-                timeout: STORE_TIMEOUT,
-            })?)
+        Backend::ClickHouse => ActionStore::ClickHouse(clickhouse_store(settings)?),
+        Backend::JetStream => {
+            let j = &settings.jetstream;
+            ActionStore::JetStream(
+                JetStreamStore::connect(JetStreamSettings {
+                    servers: j.servers.clone(),
+                    stream: j.stream.clone(),
+                    subject_prefix: j.subject_prefix.clone(),
+                    replicas: j.replicas,
+                    user: j.user.clone(),
+                    password: j.password.clone(),
+                    credentials_file: j.credentials_file.clone(),
+                    timeout: STORE_TIMEOUT,
+                })
+                .await?,
+            )
         }
     })
+}
+
+fn clickhouse_store(settings: &Settings) -> anyhow::Result<ClickHouseStore> {
+    let c = &settings.clickhouse;
+    Ok(ClickHouseStore::new(ClickHouseSettings {
+        url: c.url.clone(),
+        database: c.database.clone(),
+        user: c.user.clone(),
+        password: c.password.clone(),
+        table: c.table.clone(),
+        timeout: STORE_TIMEOUT,
+    })?)
 }

@@ -14,7 +14,7 @@ use dashmap::DashMap;
 
 use crate::ask::{Ask, AskError, Bounded, Request};
 use crate::metrics::Mailbox;
-use crate::org::{OrgActor, OrgDeps, OrgError};
+use crate::org::{Observe, OrgActor, OrgDeps, OrgError};
 use crate::store::PaymentIntentOwner;
 
 #[derive(Clone)]
@@ -62,6 +62,31 @@ impl OrgDirectory {
         Bounded::new(addr, mailbox)
     }
 
+    /// Hands a message of the org's log to its actor here, if it has one,
+    /// or starts one when browsers here watch the org (the fresh actor reads
+    /// the org, this message included). Never waits: `Err` gives the
+    /// message back when the actor's mailbox is full, to be offered again.
+    pub fn observe(&self, org_id: &str, message: Observe) -> Result<(), Observe> {
+        let live = self
+            .actors
+            .get(org_id)
+            .filter(|a| a.connected())
+            .map(|a| a.clone());
+        match live {
+            // try_send: refused past the actor's mailbox capacity.
+            Some(actor) => match actor.addr().try_send(message) {
+                Err(SendError::Full(message)) => Err(message),
+                // Stopped: its successor reads the org when it starts.
+                Ok(()) | Err(SendError::Closed(_)) => Ok(()),
+            },
+            None if self.deps.subscribed.contains(org_id) => {
+                let _ = self.actor(org_id);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
     /// The owner of a PaymentIntent some live org actor knows.
     pub fn live_intent_owner(&self, payment_intent_id: &str) -> Option<PaymentIntentOwner> {
         self.deps.live_intents.owner(payment_intent_id)
@@ -78,6 +103,11 @@ impl OrgDirectory {
         for _ in 0..ATTEMPTS {
             let actor = self.actor(org_id);
             match actor.ask(request.clone()).await {
+                // Another node wrote the org first: a fresh actor reads it
+                // again and decides again.
+                Ok(Err(OrgError::Stale)) => {
+                    self.deps.metrics.jetstream_retries.inc();
+                }
                 Ok(answer) => return answer,
                 Err(AskError::Full(_)) => {
                     self.deps.metrics.mailbox_full(Mailbox::Org);
@@ -90,7 +120,7 @@ impl OrgDirectory {
                 .remove_if(org_id, |_, a| a.addr() == actor.addr());
         }
         Err(OrgError::PersistenceUnavailable(
-            "the org could not be loaded".into(),
+            "the org could not be loaded, or other nodes kept writing it first".into(),
         ))
     }
 }

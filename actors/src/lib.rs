@@ -6,7 +6,9 @@
 
 pub mod ask;
 pub mod directory;
+pub mod follower;
 pub mod intent_indexer;
+pub mod lease;
 pub mod ledger;
 pub mod live_intents;
 pub mod metrics;
@@ -14,7 +16,9 @@ pub mod model;
 pub mod org;
 pub mod org_event;
 pub mod persistence;
+pub mod projection;
 pub mod reconciler;
+pub mod secret;
 pub mod signature;
 pub mod sse_hub;
 pub mod store;

@@ -96,6 +96,13 @@ pub struct Inner {
     pub live_org_actors: Gauge,
     pub mailbox_full: Family<MailboxLabels, Counter>,
     pub reconciled_events: Counter,
+    pub jetstream_publish_seconds: Histogram,
+    pub jetstream_conflicts: Counter,
+    pub jetstream_retries: Counter,
+    pub follower_messages: Counter,
+    pub projection_rows: Counter,
+    pub projection_lag_messages: Gauge,
+    pub projection_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -122,6 +129,13 @@ impl Metrics {
             live_org_actors: Gauge::default(),
             mailbox_full: Family::default(),
             reconciled_events: Counter::default(),
+            jetstream_publish_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            jetstream_conflicts: Counter::default(),
+            jetstream_retries: Counter::default(),
+            follower_messages: Counter::default(),
+            projection_rows: Counter::default(),
+            projection_lag_messages: Gauge::default(),
+            projection_lag_seconds: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -193,6 +207,41 @@ impl Metrics {
             "reconciled_events",
             "Events applied by reconciliation with the Stripe Events API",
             inner.reconciled_events.clone(),
+        );
+        registry.register(
+            "jetstream_publish_seconds",
+            "Time from an org's append to JetStream's ack",
+            inner.jetstream_publish_seconds.clone(),
+        );
+        registry.register(
+            "jetstream_conflicts",
+            "Appends JetStream refused because another node wrote the org first",
+            inner.jetstream_conflicts.clone(),
+        );
+        registry.register(
+            "jetstream_retries",
+            "Requests decided again on a fresh read of their org after a refused append",
+            inner.jetstream_retries.clone(),
+        );
+        registry.register(
+            "follower_messages",
+            "Stream messages this node's follower has read",
+            inner.follower_messages.clone(),
+        );
+        registry.register(
+            "projection_rows",
+            "Actions the ClickHouse projection inserted",
+            inner.projection_rows.clone(),
+        );
+        registry.register(
+            "projection_lag_messages",
+            "Stream messages not yet projected into ClickHouse",
+            inner.projection_lag_messages.clone(),
+        );
+        registry.register(
+            "projection_lag_seconds",
+            "Age of the newest message the ClickHouse projection inserted, when it inserted it",
+            inner.projection_lag_seconds.clone(),
         );
         Self(Arc::new(Inner { registry, ..inner }))
     }

@@ -14,6 +14,14 @@
 //! is applied, and once the writes still in flight have come back the actor
 //! stops, so the next message rebuilds state from the store (the truth, even
 //! about a write that timed out but landed).
+//!
+//! On the JetStream backend (many nodes) the actor appends to its org's
+//! subject itself: one append in flight at a time, carrying every change
+//! decided meanwhile, each expecting the org's last message to be the one
+//! the actor knows. A refusal (another node wrote first) is answered
+//! `Stale` and stops the actor; the directory then asks a fresh actor, which
+//! reads the org again and decides again (the event may now be a
+//! duplicate). Messages other nodes wrote reach a live actor as `Observe`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -29,7 +37,8 @@ use crate::metrics::Metrics;
 use crate::model::{now_ms, Action, ActionKind, ActionStatus, OrgActorId};
 use crate::org_event::{Entitlements, OrgEvent, Snapshot};
 use crate::persistence::{self, Persist, PersistError};
-use crate::sse_hub::Publish;
+use crate::sse_hub::{Publish, SubscribedOrgs};
+use crate::store::jetstream::{AppendError, OrgMessage};
 use crate::store::ActionStore;
 use crate::store_reader::{self, LoadOrg};
 use crate::stripe::{CreatePaymentIntent, OpenIntent, StripeError};
@@ -63,6 +72,9 @@ pub enum OrgError {
     Overloaded,
     #[error("the action store is unavailable: {0}")]
     PersistenceUnavailable(String),
+    /// Another node wrote the org's log first; a fresh read decides again.
+    #[error("another node wrote this org first; try again")]
+    Stale,
     #[error("{0}")]
     Stripe(#[from] StripeError),
 }
@@ -134,6 +146,12 @@ pub struct ListActions {
     pub limit: u32,
 }
 
+/// A message of the org's subject that some node appended (the follower of
+/// the whole stream hands each to the org's live actor).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Observe(pub OrgMessage);
+
 impl Request for ApplyPayment {
     type Answer = OrgAnswer<Outcome>;
 }
@@ -168,6 +186,8 @@ pub struct OrgDeps {
     pub metrics: Metrics,
     /// The PaymentIntents of live org actors, for events without metadata.
     pub live_intents: LiveIntents,
+    /// Orgs with browsers listening on this node: their actors stay live.
+    pub subscribed: SubscribedOrgs,
 }
 
 // One per actor and `Ready` nearly always: boxing would only add a hop.
@@ -195,7 +215,7 @@ struct Pending {
     /// duplicate of a change still being written, say).
     action: Option<Action>,
     /// The write's result, once it is back.
-    written: Option<Result<(), PersistError>>,
+    written: Option<Result<(), OrgError>>,
     answer: Answer,
     span: tracing::Span,
 }
@@ -221,6 +241,13 @@ pub struct OrgActor {
     /// Names this actor, not the org, to the PersistenceActor and in
     /// `LiveIntents`.
     id: OrgActorId,
+    /// JetStream only: the stream sequence of the org's last message known
+    /// here (0: none), which the next append expects to still be the last.
+    log_seq: u64,
+    /// JetStream only: decided changes waiting for the append in flight.
+    unsent: Vec<(u64, Action)>,
+    /// JetStream only: the tickets of the append in flight.
+    appending: Vec<u64>,
 }
 
 impl OrgActor {
@@ -242,6 +269,16 @@ impl OrgActor {
             open_intents: HashMap::new(),
             last_active: Instant::now(),
             id: OrgActorId::next(),
+            log_seq: 0,
+            unsent: Vec::new(),
+            appending: Vec::new(),
+        }
+    }
+
+    fn jetstream(&self) -> Option<&crate::store::JetStreamStore> {
+        match &self.deps.store {
+            ActionStore::JetStream(js) => Some(js),
+            _ => None,
         }
     }
 
@@ -318,13 +355,21 @@ impl OrgActor {
         self.next_ticket += 1;
         if let Some(action) = &action {
             ahead.fold(action);
-            let write = persistence::persist(&self.deps.persistence, self.id, action.clone());
-            self.writes_in_flight += 1;
-            ctx.spawn(
-                write
-                    .into_actor(self)
-                    .map(move |result, act, ctx| act.written(ticket, result, ctx)),
-            );
+            if self.jetstream().is_some() {
+                self.unsent.push((ticket, action.clone()));
+            } else {
+                let write = persistence::persist(&self.deps.persistence, self.id, action.clone());
+                self.writes_in_flight += 1;
+                ctx.spawn(write.into_actor(self).map(move |result, act, ctx| {
+                    act.writes_in_flight -= 1;
+                    let result = result.map_err(|e| match e {
+                        PersistError::Overloaded => OrgError::Overloaded,
+                        PersistError::Unavailable(msg) => OrgError::PersistenceUnavailable(msg),
+                    });
+                    act.written(ticket, result);
+                    act.settle(ctx);
+                }));
+            }
         }
         self.pending.push_back(Pending {
             ticket,
@@ -333,10 +378,64 @@ impl OrgActor {
             answer: Box::new(answer),
             span,
         });
+        self.append_unsent(ctx);
     }
 
-    fn written(&mut self, ticket: u64, result: Result<(), PersistError>, ctx: &mut Context<Self>) {
-        self.writes_in_flight -= 1;
+    /// JetStream: appends every change decided since the last append, in one
+    /// message, unless an append is still in flight (its ack tells the
+    /// sequence the next one must expect).
+    fn append_unsent(&mut self, ctx: &mut Context<Self>) {
+        if !self.appending.is_empty() || self.unsent.is_empty() || self.broken.is_some() {
+            return;
+        }
+        let Some(js) = self.jetstream().cloned() else {
+            return;
+        };
+        let (tickets, actions): (Vec<u64>, Vec<Action>) = self.unsent.drain(..).unzip();
+        // Names the command, never the org and seq: two nodes racing for one
+        // seq must both reach the sequence check, not be told "duplicate".
+        let message_id = message_id(&actions, self.id, tickets[0]);
+        let (org_id, expected) = (self.org_id.clone(), self.log_seq);
+        let metrics = self.deps.metrics.clone();
+        self.appending = tickets;
+        self.writes_in_flight += 1;
+        let append = async move {
+            let started = Instant::now();
+            let result = js.append(&org_id, expected, &message_id, &actions).await;
+            metrics
+                .jetstream_publish_seconds
+                .observe(started.elapsed().as_secs_f64());
+            result
+        };
+        ctx.spawn(append.into_actor(self).map(|result, act, ctx| {
+            act.writes_in_flight -= 1;
+            let tickets = std::mem::take(&mut act.appending);
+            match result {
+                Ok(sequence) => {
+                    act.log_seq = sequence;
+                    for ticket in tickets {
+                        act.written(ticket, Ok(()));
+                    }
+                }
+                Err(e) => {
+                    let err = match e {
+                        AppendError::Stale { .. } => {
+                            act.deps.metrics.jetstream_conflicts.inc();
+                            OrgError::Stale
+                        }
+                        AppendError::Unavailable(msg) => OrgError::PersistenceUnavailable(msg),
+                    };
+                    // The first failure answers it and everything after it.
+                    act.written(tickets[0], Err(err));
+                }
+            }
+            act.settle(ctx);
+            act.append_unsent(ctx);
+        }));
+    }
+
+    /// Records a write's result on its pending change.
+    fn written(&mut self, ticket: u64, result: Result<(), OrgError>) {
         // Tickets in `pending` are consecutive; a missing one was already
         // answered because a write before it failed.
         if let Some(front) = self.pending.front().map(|p| p.ticket) {
@@ -347,7 +446,33 @@ impl OrgActor {
                 p.written = Some(result);
             }
         }
-        self.settle(ctx);
+    }
+
+    /// Folds a durable action into the ledger and tells everyone who needs
+    /// to know: the PaymentIntent map, the open intents, the browsers.
+    fn apply_durable(&mut self, action: &Action) -> Arc<OrgEvent> {
+        let State::Ready { durable, .. } = &mut self.state else {
+            unreachable!("actions are applied to a ready ledger")
+        };
+        let event = Arc::new(durable.apply(action));
+        self.deps
+            .live_intents
+            .insert(self.id, &action.external_id, &self.org_id, &action.sku);
+        if action.kind == ActionKind::Payment && action.status == ActionStatus::Delivered {
+            self.open_intents.remove(&action.sku);
+        }
+        // do_send: the hub never blocks an org; its own queues are the
+        // bound (a slow browser is dropped there).
+        self.deps.hub.do_send(Publish {
+            org_id: self.org_id.clone(),
+            event: event.clone(),
+        });
+        tracing::info!(
+            kind = action.kind.as_str(),
+            status = action.status.as_str(),
+            "action recorded"
+        );
+        event
     }
 
     /// Applies and answers, from the front, every change whose write (and
@@ -360,57 +485,33 @@ impl OrgActor {
         {
             let p = self.pending.pop_front().expect("checked above");
             let _entered = p.span.enter();
-            let State::Ready {
-                durable: ledger, ..
-            } = &mut self.state
-            else {
-                unreachable!("changes are decided on a ready ledger")
-            };
             match p.written {
                 None | Some(Ok(())) => {
-                    let event = p.action.as_ref().map(|action| {
-                        let event = Arc::new(ledger.apply(action));
-                        self.deps.live_intents.insert(
-                            self.id,
-                            &action.external_id,
-                            &self.org_id,
-                            &action.sku,
-                        );
-                        if action.kind == ActionKind::Payment
-                            && action.status == ActionStatus::Delivered
-                        {
-                            self.open_intents.remove(&action.sku);
-                        }
-                        // do_send: the hub never blocks an org; its own
-                        // queues are the bound (a slow browser is dropped there).
-                        self.deps.hub.do_send(Publish {
-                            org_id: self.org_id.clone(),
-                            event: event.clone(),
-                        });
-                        tracing::info!(
-                            kind = action.kind.as_str(),
-                            status = action.status.as_str(),
-                            "action recorded"
-                        );
-                        event
-                    });
-                    (p.answer)(Ok(ledger));
+                    let event = p.action.as_ref().map(|action| self.apply_durable(action));
+                    let State::Ready { durable, .. } = &self.state else {
+                        unreachable!("changes are decided on a ready ledger")
+                    };
+                    (p.answer)(Ok(durable));
                     if let Some(event) = event {
                         self.remember(event);
                     }
                 }
-                Some(Err(e)) => {
-                    let err = match e {
-                        PersistError::Overloaded => OrgError::Overloaded,
-                        PersistError::Unavailable(msg) => OrgError::PersistenceUnavailable(msg),
-                    };
-                    tracing::warn!(error = %err, later_changes = self.pending.len(),
-                        "action not recorded; the org reloads from the store");
+                Some(Err(err)) => {
+                    if err == OrgError::Stale {
+                        tracing::info!(
+                            later_changes = self.pending.len(),
+                            "another node wrote this org first; it is read again"
+                        );
+                    } else {
+                        tracing::warn!(error = %err, later_changes = self.pending.len(),
+                            "action not recorded; the org reloads from the store");
+                    }
                     (p.answer)(Err(err.clone()));
                     // Everything decided after it assumed it.
                     for later in self.pending.drain(..) {
                         (later.answer)(Err(err.clone()));
                     }
+                    self.unsent.clear();
                     self.broken = Some(err);
                 }
             }
@@ -447,6 +548,34 @@ impl OrgActor {
     }
 }
 
+/// The `Nats-Msg-Id` of an append: the event ids of its actions (a
+/// simulated payment has none; this actor's id and the ticket name it).
+fn message_id(actions: &[Action], actor: OrgActorId, first_ticket: u64) -> String {
+    use std::fmt::Write;
+    let mut id = String::new();
+    for action in actions {
+        match &action.event_id {
+            Some(event_id) => id.push_str(event_id),
+            None => {
+                let _ = write!(id, "request-{}-{actor:?}-{first_ticket}", node_nonce());
+            }
+        }
+        id.push(' ');
+    }
+    if id.len() <= 128 {
+        return id.trim_end().to_owned();
+    }
+    // Long batches: a digest of the ids keeps the header small.
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(id.as_bytes()))
+}
+
+/// Tells this process's request ids from another node's.
+fn node_nonce() -> &'static str {
+    static NONCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NONCE.get_or_init(|| format!("{}-{}", std::process::id(), now_ms()))
+}
+
 /// What an action records about the money: the product, the PaymentIntent
 /// and the event that moved it.
 struct PaymentDetails<'a> {
@@ -462,10 +591,32 @@ impl Actor for OrgActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.deps.metrics.live_org_actors.inc();
-        let history = store_reader::load_org(&self.deps.loader, self.org_id.clone());
+        // Requests are bounded by `Bounded`; this bounds what try_send
+        // (the stream follower's `Observe`) may queue.
+        ctx.set_mailbox_capacity(self.deps.settings.mailbox);
+        // On JetStream the history comes with the sequence of its last
+        // message, which the first append must expect.
+        let history: std::pin::Pin<Box<dyn std::future::Future<Output = _>>> =
+            match self.jetstream().cloned() {
+                Some(js) => {
+                    let org_id = self.org_id.clone();
+                    Box::pin(async move {
+                        let messages = js.org_messages_after(&org_id, 0).await?;
+                        let last = messages.last().map_or(0, |m| m.sequence);
+                        let actions = messages.into_iter().flat_map(|m| m.actions).collect();
+                        Ok::<_, crate::store::StoreError>((actions, last))
+                    })
+                }
+                None => {
+                    let load = store_reader::load_org(&self.deps.loader, self.org_id.clone());
+                    Box::pin(async move { Ok((load.await?, 0)) })
+                }
+            };
         // ctx.wait: no message is handled before the state is rebuilt.
         ctx.wait(history.into_actor(self).map(|result, act, _| match result {
-            Ok(actions) => {
+            Ok((actions, log_seq)) => {
+                let actions: Vec<Action> = actions;
+                act.log_seq = log_seq;
                 let mut ledger = Ledger::new(act.org_id.clone(), act.skus());
                 let keep = act.deps.settings.recent_events;
                 let skip = actions.len().saturating_sub(keep);
@@ -489,6 +640,17 @@ impl Actor for OrgActor {
                     ahead: ledger.clone(),
                     durable: ledger,
                 };
+                // Browsers still listening (an earlier actor of the org
+                // stopped) may have missed the newest events; each drops
+                // what it already has by seq.
+                if act.deps.subscribed.contains(&act.org_id) {
+                    for event in &act.recent {
+                        act.deps.hub.do_send(Publish {
+                            org_id: act.org_id.clone(),
+                            event: event.clone(),
+                        });
+                    }
+                }
             }
             Err(e) => {
                 tracing::warn!(org_id = %act.org_id, error = %e, "org state could not be loaded");
@@ -500,7 +662,12 @@ impl Actor for OrgActor {
             (idle_stop / 2).clamp(Duration::from_millis(100), Duration::from_secs(30));
         ctx.run_interval(check_every, move |act, ctx| {
             let writing = act.writes_in_flight > 0 || !act.pending.is_empty();
-            if !writing && act.last_active.elapsed() >= idle_stop {
+            // On many nodes, an org that browsers here listen to stays live:
+            // its actor is what brings them other nodes' changes. (On one
+            // node every change goes through the org's actor, so an idle one
+            // may stop; it comes back with the next change.)
+            let watched = act.jetstream().is_some() && act.deps.subscribed.contains(&act.org_id);
+            if !writing && !watched && act.last_active.elapsed() >= idle_stop {
                 ctx.stop();
             }
         });
@@ -778,5 +945,65 @@ impl Handler<Ask<ListActions>> for OrgActor {
                 .map_err(|e| OrgError::PersistenceUnavailable(e.to_string()));
             let _ = reply.send(answer);
         });
+    }
+}
+
+impl Handler<Observe> for OrgActor {
+    type Result = ();
+
+    fn handle(&mut self, Observe(message): Observe, ctx: &mut Context<Self>) {
+        if message.sequence <= self.log_seq || !matches!(self.state, State::Ready { .. }) {
+            return;
+        }
+        // Changes of our own in flight were decided without this message:
+        // their append will be refused and the org read again.
+        if self.writes_in_flight > 0 || !self.pending.is_empty() || self.broken.is_some() {
+            return;
+        }
+        if message.prev == self.log_seq {
+            return self.apply_observed(message);
+        }
+        // A message in between never reached us: read what we missed.
+        let Some(js) = self.jetstream().cloned() else {
+            return;
+        };
+        let (org_id, after) = (self.org_id.clone(), self.log_seq);
+        // ctx.wait: nothing is decided on the ledger while it catches up.
+        ctx.wait(
+            async move { js.org_messages_after(&org_id, after).await }
+                .into_actor(self)
+                .map(|result, act, ctx| match result {
+                    Ok(messages) => {
+                        for message in messages {
+                            if message.prev == act.log_seq {
+                                act.apply_observed(message);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(org_id = %act.org_id, error = %e,
+                            "could not read the org's newer messages; it reloads");
+                        ctx.stop();
+                    }
+                }),
+        );
+    }
+}
+
+impl OrgActor {
+    /// Applies a message another node appended, the direct successor of
+    /// what this actor knows.
+    fn apply_observed(&mut self, message: OrgMessage) {
+        let _span =
+            tracing::info_span!("observed", org_id = %self.org_id, sequence = message.sequence)
+                .entered();
+        for action in &message.actions {
+            let event = self.apply_durable(action);
+            self.remember(event);
+            if let State::Ready { ahead, .. } = &mut self.state {
+                ahead.fold(action);
+            }
+        }
+        self.log_seq = message.sequence;
     }
 }

@@ -12,13 +12,15 @@
 //! margin, which reaches back past the last pass before the stop. With an
 //! empty store, from Stripe's three-day retry window. A failed pass changes
 //! nothing and is tried again at the next interval; it never delays
-//! start-up.
+//! start-up. With many nodes, a lease lets one node at a time run passes;
+//! the others skip theirs.
 
 use std::time::Duration;
 
 use actix::prelude::*;
 
 use crate::ask::{AskError, Bounded};
+use crate::lease::Lease;
 use crate::metrics::Metrics;
 use crate::model::now_ms;
 use crate::org::Outcome;
@@ -49,6 +51,8 @@ pub struct Reconciler {
     /// Unix seconds the next pass lists from; `None` until known.
     since: Option<i64>,
     running: bool,
+    /// Many nodes: a pass runs only while this node holds the lease.
+    lease: Option<std::sync::Arc<Lease>>,
 }
 
 /// What one pass did.
@@ -74,7 +78,13 @@ impl Reconciler {
             metrics,
             since: None,
             running: false,
+            lease: None,
         }
+    }
+
+    pub fn with_lease(mut self, lease: Lease) -> Self {
+        self.lease = Some(std::sync::Arc::new(lease));
+        self
     }
 
     fn run_pass(&mut self, ctx: &mut Context<Self>) {
@@ -84,7 +94,14 @@ impl Reconciler {
         self.running = true;
         let (api, stripe, store) = (self.api.clone(), self.stripe.clone(), self.store.clone());
         let (known_since, interval) = (self.since, self.interval);
+        let lease = self.lease.clone();
         let pass = async move {
+            if let Some(lease) = lease {
+                if !lease.hold().await {
+                    tracing::debug!("another node holds the reconciliation lease; pass skipped");
+                    return Ok(None);
+                }
+            }
             let started = now_ms() / 1000;
             let since = match known_since {
                 Some(since) => since,
@@ -97,12 +114,13 @@ impl Reconciler {
                 },
             };
             let report = reconcile_since(&api, &stripe, since).await?;
-            Ok((report, started - MARGIN_SECS))
+            Ok(Some((report, started - MARGIN_SECS)))
         };
         ctx.spawn(pass.into_actor(self).map(|result, act, _| {
             act.running = false;
             match result {
-                Ok((report, next_since)) => {
+                Ok(None) => {}
+                Ok(Some((report, next_since))) => {
                     act.since = Some(next_since);
                     act.metrics.reconciled_events.inc_by(report.applied);
                     if report.applied > 0 {

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix::prelude::*;
+use dashmap::DashMap;
 use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
@@ -44,6 +45,26 @@ pub struct Publish {
     pub event: Arc<OrgEvent>,
 }
 
+/// Which orgs have streams open on this node, and how many: written by the
+/// hub alone, read by org actors (an org being watched stays live) and by
+/// the stream follower of the many-node mode.
+#[derive(Clone, Default)]
+pub struct SubscribedOrgs(Arc<DashMap<String, usize>>);
+
+impl SubscribedOrgs {
+    pub fn contains(&self, org_id: &str) -> bool {
+        self.0.contains_key(org_id)
+    }
+
+    fn set(&self, org_id: &str, streams: usize) {
+        if streams == 0 {
+            self.0.remove(org_id);
+        } else {
+            self.0.insert(org_id.to_owned(), streams);
+        }
+    }
+}
+
 /// One browser stream: its id and the bounded queue its response reads.
 type Subscriber = (SubscriberId, mpsc::Sender<Arc<OrgEvent>>);
 
@@ -52,17 +73,28 @@ pub struct SseHub {
     next_id: SubscriberId,
     /// Org id → that org's streams.
     subscribers: HashMap<String, Vec<Subscriber>>,
+    subscribed: SubscribedOrgs,
     metrics: Metrics,
 }
 
 impl SseHub {
-    pub fn new(client_queue: usize, metrics: Metrics) -> Self {
+    pub fn new(client_queue: usize, subscribed: SubscribedOrgs, metrics: Metrics) -> Self {
         Self {
             client_queue: client_queue.max(1),
             next_id: 0,
             subscribers: HashMap::new(),
+            subscribed,
             metrics,
         }
+    }
+
+    /// Keeps `subscribed` in step with the org's list of streams.
+    fn streams_changed(&mut self, org_id: &str) {
+        let streams = self.subscribers.get(org_id).map_or(0, Vec::len);
+        if streams == 0 {
+            self.subscribers.remove(org_id);
+        }
+        self.subscribed.set(org_id, streams);
     }
 }
 
@@ -78,9 +110,10 @@ impl Handler<Subscribe> for SseHub {
         self.next_id += 1;
         let id = self.next_id;
         self.subscribers
-            .entry(msg.org_id)
+            .entry(msg.org_id.clone())
             .or_default()
             .push((id, tx));
+        self.streams_changed(&msg.org_id);
         self.metrics.stream_connections.inc();
         MessageResult(Subscription { id, events: rx })
     }
@@ -96,9 +129,7 @@ impl Handler<Unsubscribe> for SseHub {
             self.metrics
                 .stream_connections
                 .dec_by((before - list.len()) as i64);
-            if list.is_empty() {
-                self.subscribers.remove(&msg.org_id);
-            }
+            self.streams_changed(&msg.org_id);
         }
     }
 }
@@ -124,11 +155,10 @@ impl Handler<Publish> for SseHub {
             tracing::info!(org_id = %msg.org_id, slow, "dropped stream connections that could not keep up");
         }
         self.metrics.stream_dropped_slow.inc_by(slow);
-        self.metrics
-            .stream_connections
-            .dec_by((before - list.len()) as i64);
-        if list.is_empty() {
-            self.subscribers.remove(&msg.org_id);
+        let dropped = before - list.len();
+        self.metrics.stream_connections.dec_by(dropped as i64);
+        if dropped > 0 {
+            self.streams_changed(&msg.org_id);
         }
     }
 }

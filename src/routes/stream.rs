@@ -98,8 +98,17 @@ pub async fn stream(
         }
     };
 
-    let live = ReceiverStream::new(subscription.events)
-        .filter(move |e| std::future::ready(e.seq > last_sent));
+    // Only ever forward: an org actor that restarts offers its recent
+    // events again (another node may have written them meanwhile), and the
+    // ones this browser already has are dropped by seq.
+    let mut last_sent = last_sent;
+    let live = ReceiverStream::new(subscription.events).filter(move |e| {
+        let fresh = e.seq > last_sent;
+        if fresh {
+            last_sent = e.seq;
+        }
+        std::future::ready(fresh)
+    });
     let until_expiry = Duration::from_secs(caller.expires_at.saturating_sub(unix_now()));
     let mut closing = state.closing.clone();
     let end = async move {

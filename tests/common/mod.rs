@@ -4,6 +4,7 @@
 
 pub mod localstripe;
 pub mod process;
+pub mod sse;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -419,4 +420,55 @@ pub async fn clickhouse_query(sql: &str) -> String {
     let text = res.text().await.unwrap();
     assert!(status.is_success(), "{sql}: {text}");
     text.trim().to_owned()
+}
+
+/// The NATS cluster the test command started, as `jetstream.servers` takes it.
+pub fn nats_servers() -> Vec<String> {
+    std::env::var("NATS_URLS")
+        .expect("NATS_URLS is not set: run the tests with `tests/run`, which starts a NATS cluster")
+        .split(',')
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Overrides that put an app on its own JetStream stream (named `stream`),
+/// with `replicas` replicas and no ClickHouse projection.
+pub fn jetstream_overrides(stream: &str, replicas: usize) -> Vec<(String, String)> {
+    let servers = nats_servers()
+        .iter()
+        .map(|s| format!("\"{s}\""))
+        .collect::<Vec<_>>()
+        .join(",");
+    vec![
+        ("ENTITLEMENTS__STORE__BACKEND".into(), "jetstream".into()),
+        (
+            "ENTITLEMENTS__JETSTREAM__SERVERS".into(),
+            format!("[{servers}]"),
+        ),
+        ("ENTITLEMENTS__JETSTREAM__STREAM".into(), stream.into()),
+        (
+            "ENTITLEMENTS__JETSTREAM__SUBJECT_PREFIX".into(),
+            stream.to_lowercase(),
+        ),
+        (
+            "ENTITLEMENTS__JETSTREAM__REPLICAS".into(),
+            replicas.to_string(),
+        ),
+        (
+            "ENTITLEMENTS__JETSTREAM__CLICKHOUSE_PROJECTION".into(),
+            "false".into(),
+        ),
+        (
+            "ENTITLEMENTS__STRIPE__RECONCILE_INTERVAL_SECS".into(),
+            "0".into(),
+        ),
+    ]
+}
+
+/// `overrides` as `spawn` takes them.
+pub fn as_pairs(overrides: &[(String, String)]) -> Vec<(&str, &str)> {
+    overrides
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
 }

@@ -1,14 +1,18 @@
-//! The durable action log. Two backends behind one small API: the embedded
-//! SQLite file (the default; needs no other service) and ClickHouse.
+//! The durable action log. Three backends behind one small API: the embedded
+//! SQLite file (the default; needs no other service), ClickHouse (one node),
+//! and NATS JetStream (any number of nodes; its writes go through
+//! `JetStreamStore::append`, a per-org compare-and-set, not `insert_batch`).
 //!
 //! Every read collapses repeats of one action id, so a batch written twice
 //! (a retry after a timeout whose first attempt did land) is harmless.
 
 mod clickhouse;
 mod embedded;
+pub mod jetstream;
 
 pub use self::clickhouse::{ClickHouseSettings, ClickHouseStore};
 pub use self::embedded::EmbeddedStore;
+pub use self::jetstream::{JetStreamSettings, JetStreamStore};
 
 use std::collections::HashMap;
 
@@ -37,6 +41,7 @@ pub struct PaymentIntentOwner {
 pub enum ActionStore {
     Embedded(EmbeddedStore),
     ClickHouse(ClickHouseStore),
+    JetStream(JetStreamStore),
 }
 
 impl ActionStore {
@@ -45,6 +50,7 @@ impl ActionStore {
         match self {
             ActionStore::Embedded(s) => s.migrate().await,
             ActionStore::ClickHouse(s) => s.migrate().await,
+            ActionStore::JetStream(s) => s.migrate().await,
         }
     }
 
@@ -53,6 +59,7 @@ impl ActionStore {
         match self {
             ActionStore::Embedded(s) => s.ping().await,
             ActionStore::ClickHouse(s) => s.ping().await,
+            ActionStore::JetStream(s) => s.ping().await,
         }
     }
 
@@ -62,6 +69,11 @@ impl ActionStore {
         match self {
             ActionStore::Embedded(s) => s.insert_batch(rows).await,
             ActionStore::ClickHouse(s) => s.insert_batch(rows).await,
+            // Org actors append to their org's subject themselves, with the
+            // expected-sequence check that batching across orgs would lose.
+            ActionStore::JetStream(_) => Err(StoreError::Unavailable(
+                "the JetStream log is written by org actors, not in batches".into(),
+            )),
         }
     }
 
@@ -80,6 +92,7 @@ impl ActionStore {
         match self {
             ActionStore::Embedded(s) => s.actions_of_orgs(org_ids).await,
             ActionStore::ClickHouse(s) => s.actions_of_orgs(org_ids).await,
+            ActionStore::JetStream(s) => s.actions_of_orgs(org_ids).await,
         }
     }
 
@@ -92,6 +105,7 @@ impl ActionStore {
         match self {
             ActionStore::Embedded(s) => s.recent_actions(org_id, limit).await,
             ActionStore::ClickHouse(s) => s.recent_actions(org_id, limit).await,
+            ActionStore::JetStream(s) => s.recent_actions(org_id, limit).await,
         }
     }
 
@@ -101,6 +115,7 @@ impl ActionStore {
         match self {
             ActionStore::Embedded(s) => s.newest_event_action_ms().await,
             ActionStore::ClickHouse(s) => s.newest_event_action_ms().await,
+            ActionStore::JetStream(s) => s.newest_event_action_ms().await,
         }
     }
 
@@ -114,6 +129,7 @@ impl ActionStore {
         match self {
             ActionStore::Embedded(s) => s.owners_of_intents(payment_intent_ids).await,
             ActionStore::ClickHouse(s) => s.owners_of_intents(payment_intent_ids).await,
+            ActionStore::JetStream(s) => s.owners_of_intents(payment_intent_ids).await,
         }
     }
 }

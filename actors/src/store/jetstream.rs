@@ -1,0 +1,527 @@
+//! The JetStream backend: the action log of many nodes.
+//!
+//! One stream holds every org's actions; org O's are messages on
+//! `<prefix>.org.O`, each carrying one or more actions (a busy org's pending
+//! actions go in one message, so it still group-commits). An org actor
+//! publishes with `Nats-Expected-Last-Subject-Sequence` set to the stream
+//! sequence of the org's last message it knows: JetStream refuses the write
+//! of a node whose view is stale, inside the replicated log, whatever the
+//! timing. That check, not a lease, is what keeps one org's `seq`s unique
+//! across nodes.
+//!
+//! Each message also records the subject sequence it was published after
+//! (`prev`), so a reader that follows the whole stream can tell whether a
+//! message is the direct successor of what it knows or whether it missed one.
+//!
+//! Beside the stream: a KV bucket of PaymentIntent owners (so a refund
+//! without metadata reaching any node finds its org), and one of leases
+//! (reconciliation with Stripe runs on one node at a time, to save work).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::{PaymentIntentOwner, StoreError};
+use crate::model::{Action, ActionKind, ActionStatus};
+use crate::secret::Secret;
+
+#[derive(Clone, Debug)]
+pub struct JetStreamSettings {
+    pub servers: Vec<String>,
+    pub stream: String,
+    pub subject_prefix: String,
+    pub replicas: usize,
+    pub user: String,
+    pub password: Secret,
+    pub credentials_file: String,
+    /// Upper bound on every request, a publish's ack included.
+    pub timeout: Duration,
+}
+
+#[derive(Clone)]
+pub struct JetStreamStore {
+    client: async_nats::Client,
+    context: jetstream::Context,
+    stream: String,
+    subject_prefix: String,
+    replicas: usize,
+    timeout: Duration,
+    owners: kv::Store,
+}
+
+/// One message of an org's subject, as read back.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OrgMessage {
+    /// Its stream sequence.
+    pub sequence: u64,
+    /// The stream sequence of the org's message before it (0: none).
+    pub prev: u64,
+    pub actions: Vec<Action>,
+}
+
+/// Why an append did not land.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// Another writer appended to the org first: the caller's view is stale.
+    #[error("another node wrote this org first (expected last sequence {expected})")]
+    Stale { expected: u64 },
+    /// NATS did not take or acknowledge the write; it may or may not have
+    /// landed.
+    #[error("the stream did not acknowledge the write: {0}")]
+    Unavailable(String),
+}
+
+/// The wire form of a message: compact keys, every field of the action.
+#[derive(Serialize, Deserialize)]
+struct Record {
+    prev: u64,
+    actions: Vec<RecordAction>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RecordAction {
+    id: String,
+    seq: u64,
+    kind: ActionKind,
+    status: ActionStatus,
+    sku: String,
+    pi: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    event: Option<String>,
+    amount: i64,
+    currency: String,
+    at: i64,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    sim: bool,
+}
+
+pub fn encode(prev: u64, actions: &[Action]) -> Bytes {
+    let record = Record {
+        prev,
+        actions: actions
+            .iter()
+            .map(|a| RecordAction {
+                id: a.id.clone(),
+                seq: a.seq,
+                kind: a.kind,
+                status: a.status,
+                sku: a.sku.clone(),
+                pi: a.external_id.clone(),
+                event: a.event_id.clone(),
+                amount: a.amount,
+                currency: a.currency.clone(),
+                at: a.created_at_ms,
+                sim: a.simulated,
+            })
+            .collect(),
+    };
+    serde_json::to_vec(&record)
+        .expect("a record always serializes")
+        .into()
+}
+
+/// Reads a message of `org_id`'s subject; `None` when it is not one of ours.
+pub fn decode(org_id: &str, sequence: u64, payload: &[u8]) -> Option<OrgMessage> {
+    let record: Record = serde_json::from_slice(payload).ok()?;
+    let actions = record
+        .actions
+        .into_iter()
+        .map(|a| Action {
+            id: a.id,
+            org_id: org_id.to_owned(),
+            seq: a.seq,
+            kind: a.kind,
+            status: a.status,
+            sku: a.sku,
+            external_id: a.pi,
+            event_id: a.event,
+            amount: a.amount,
+            currency: a.currency,
+            created_at_ms: a.at,
+            simulated: a.sim,
+        })
+        .collect();
+    Some(OrgMessage {
+        sequence,
+        prev: record.prev,
+        actions,
+    })
+}
+
+/// Whether JetStream refused a publish because the subject's last message
+/// was not the expected one. An R1 stream answers error code 10071 (with
+/// the actual sequence); a clustered one 10164, "wrong last sequence"
+/// without it, which async-nats 0.51 does not map to `WrongLastSequence`.
+fn refused_by_sequence_check(e: &jetstream::context::PublishError) -> bool {
+    use async_nats::jetstream::ErrorCode;
+    if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence {
+        return true;
+    }
+    std::error::Error::source(e)
+        .and_then(|source| source.downcast_ref::<jetstream::Error>())
+        .is_some_and(|js| {
+            js.error_code() == ErrorCode::STREAM_WRONG_LAST_SEQUENCE
+                || js.error_code() == ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT
+        })
+}
+
+fn unavailable(what: &str, e: impl fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("JetStream {what}: {e}"))
+}
+
+impl JetStreamStore {
+    /// Connects (the first connection must succeed within `timeout`; NATS
+    /// reconnects by itself after that), then creates the stream and the
+    /// owners bucket when missing.
+    pub async fn connect(settings: JetStreamSettings) -> Result<Self, StoreError> {
+        let mut options = async_nats::ConnectOptions::new()
+            .name("entitlements")
+            .connection_timeout(settings.timeout)
+            .request_timeout(Some(settings.timeout));
+        if !settings.user.is_empty() {
+            options = options
+                .user_and_password(settings.user.clone(), settings.password.expose().to_owned());
+        }
+        if !settings.credentials_file.is_empty() {
+            options = options
+                .credentials_file(&settings.credentials_file)
+                .await
+                .map_err(|e| unavailable("credentials file", e))?;
+        }
+        let servers: Vec<async_nats::ServerAddr> = settings
+            .servers
+            .iter()
+            .map(|s| s.parse())
+            .collect::<Result<_, _>>()
+            .map_err(|e| unavailable("server address", e))?;
+        let client = options
+            .connect(servers)
+            .await
+            .map_err(|e| unavailable("connect", e))?;
+        let context = jetstream::ContextBuilder::new()
+            .timeout(settings.timeout)
+            .build(client.clone());
+        let replicas = settings.replicas.max(1);
+        let owners = context
+            .create_or_update_key_value(kv::Config {
+                bucket: format!("{}_intent_owners", settings.stream),
+                history: 1,
+                storage: stream::StorageType::File,
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable("owners bucket", e))?;
+        let store = Self {
+            client,
+            context,
+            stream: settings.stream,
+            subject_prefix: settings.subject_prefix,
+            replicas,
+            timeout: settings.timeout,
+            owners,
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    pub fn context(&self) -> &jetstream::Context {
+        &self.context
+    }
+
+    pub fn stream_name(&self) -> &str {
+        &self.stream
+    }
+
+    pub fn org_subject(&self, org_id: &str) -> String {
+        format!("{}.org.{org_id}", self.subject_prefix)
+    }
+
+    /// The subjects of every org: what a follower of all orgs filters on.
+    pub fn all_orgs_subject(&self) -> String {
+        format!("{}.org.>", self.subject_prefix)
+    }
+
+    /// The org a subject of ours names.
+    pub fn org_of_subject<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        subject
+            .strip_prefix(self.subject_prefix.as_str())?
+            .strip_prefix(".org.")
+            .filter(|org| !org.is_empty() && !org.contains('.'))
+    }
+
+    fn leases_bucket(&self) -> String {
+        format!("{}_leases", self.stream)
+    }
+
+    /// Creates the stream when missing, and brings its config to what this
+    /// node expects when it differs.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let config = stream::Config {
+            name: self.stream.clone(),
+            subjects: vec![self.all_orgs_subject()],
+            storage: stream::StorageType::File,
+            num_replicas: self.replicas,
+            // The stream is the truth: nothing ages out of it.
+            max_age: Duration::ZERO,
+            retention: stream::RetentionPolicy::Limits,
+            allow_direct: true,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        };
+        self.context
+            .create_or_update_stream(config)
+            .await
+            .map_err(|e| unavailable("create stream", e))?;
+        Ok(())
+    }
+
+    /// The bucket of leases whose entries expire `ttl` after their last write.
+    pub async fn leases(&self, ttl: Duration) -> Result<kv::Store, StoreError> {
+        self.context
+            .create_or_update_key_value(kv::Config {
+                bucket: self.leases_bucket(),
+                history: 1,
+                max_age: ttl,
+                storage: stream::StorageType::File,
+                num_replicas: self.replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable("leases bucket", e))
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            return Err(StoreError::Unavailable("not connected to NATS".into()));
+        }
+        self.context
+            .get_stream_no_info(&self.stream)
+            .await
+            .map_err(|e| unavailable("stream", e))?
+            .get_info()
+            .await
+            .map_err(|e| unavailable("stream info", e))?;
+        Ok(())
+    }
+
+    async fn stream(&self) -> Result<stream::Stream<()>, StoreError> {
+        self.context
+            .get_stream_no_info(&self.stream)
+            .await
+            .map_err(|e| unavailable("stream", e))
+    }
+
+    /// The org's messages after stream sequence `after`, oldest first, read
+    /// from the stream's leader (so a write just acknowledged is seen).
+    pub async fn org_messages_after(
+        &self,
+        org_id: &str,
+        after: u64,
+    ) -> Result<Vec<OrgMessage>, StoreError> {
+        let stream = self.stream().await?;
+        let subject = self.org_subject(org_id);
+        let mut messages = Vec::new();
+        let mut next = after + 1;
+        loop {
+            let read = stream
+                .raw_message_builder()
+                .sequence(next)
+                .next_by_subject(subject.clone())
+                .send()
+                .await;
+            let raw = match read {
+                Ok(raw) => raw,
+                Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => break,
+                Err(e) => return Err(unavailable("read", e)),
+            };
+            next = raw.sequence + 1;
+            match decode(org_id, raw.sequence, &raw.payload) {
+                Some(message) => messages.push(message),
+                None => {
+                    return Err(StoreError::Unavailable(format!(
+                        "JetStream message {} of org {org_id} is not an action record",
+                        raw.sequence
+                    )))
+                }
+            }
+        }
+        Ok(messages)
+    }
+
+    /// Appends `actions` to the org's subject if its last message is still
+    /// `expected` (0: none yet). Answers the new message's stream sequence.
+    ///
+    /// A duplicate ack (the msg-id was seen in the duplicate window) is
+    /// answered as `Stale`: this call did not write, whoever did, so the
+    /// caller reads the org again rather than trusting its own batch.
+    pub async fn append(
+        &self,
+        org_id: &str,
+        expected: u64,
+        message_id: &str,
+        actions: &[Action],
+    ) -> Result<u64, AppendError> {
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(encode(expected, actions))
+            .message_id(message_id)
+            .expected_last_subject_sequence(expected);
+        let ack = async {
+            self.context
+                .send_publish(self.org_subject(org_id), publish)
+                .await?
+                .await
+        };
+        let write = tokio::time::timeout(self.timeout, ack);
+        let owners = self.record_owners(org_id, actions);
+        let (written, ()) = futures_util::future::join(write, owners).await;
+        match written {
+            Ok(Ok(ack)) if ack.duplicate => Err(AppendError::Stale { expected }),
+            Ok(Ok(ack)) => Ok(ack.sequence),
+            Ok(Err(e)) if refused_by_sequence_check(&e) => Err(AppendError::Stale { expected }),
+            Ok(Err(e)) => Err(AppendError::Unavailable(e.to_string())),
+            Err(_) => Err(AppendError::Unavailable(format!(
+                "no ack within {:?}",
+                self.timeout
+            ))),
+        }
+    }
+
+    /// Writes the owners of the delivered payments in `actions` to the
+    /// shared bucket, beside the append. Not part of what a 200 promises: a
+    /// missing owner is still found through Stripe.
+    async fn record_owners(&self, org_id: &str, actions: &[Action]) {
+        let paid = actions
+            .iter()
+            .filter(|a| a.kind == ActionKind::Payment && a.status == ActionStatus::Delivered);
+        for action in paid {
+            let owner = format!("{org_id}\n{}", action.sku);
+            if let Err(e) = self.owners.put(&action.external_id, owner.into()).await {
+                tracing::warn!(payment_intent_id = %action.external_id, error = %e,
+                    "PaymentIntent owner not shared");
+            }
+        }
+    }
+
+    /// Every action of each org, oldest first.
+    pub async fn actions_of_orgs(
+        &self,
+        org_ids: &[String],
+    ) -> Result<HashMap<String, Vec<Action>>, StoreError> {
+        let mut orgs = HashMap::with_capacity(org_ids.len());
+        for org_id in org_ids {
+            let actions = self
+                .org_messages_after(org_id, 0)
+                .await?
+                .into_iter()
+                .flat_map(|m| m.actions)
+                .collect();
+            orgs.insert(org_id.clone(), actions);
+        }
+        Ok(orgs)
+    }
+
+    pub async fn recent_actions(
+        &self,
+        org_id: &str,
+        limit: u32,
+    ) -> Result<Vec<Action>, StoreError> {
+        let mut actions: Vec<Action> = self
+            .org_messages_after(org_id, 0)
+            .await?
+            .into_iter()
+            .flat_map(|m| m.actions)
+            .collect();
+        actions.reverse();
+        actions.truncate(limit as usize);
+        Ok(actions)
+    }
+
+    /// When the stream's newest message was written (Unix ms).
+    pub async fn newest_event_action_ms(&self) -> Result<Option<i64>, StoreError> {
+        let info = self
+            .stream()
+            .await?
+            .get_info()
+            .await
+            .map_err(|e| unavailable("stream info", e))?;
+        if info.state.messages == 0 {
+            return Ok(None);
+        }
+        Ok(Some(
+            (info.state.last_timestamp.unix_timestamp_nanos() / 1_000_000) as i64,
+        ))
+    }
+
+    pub async fn owners_of_intents(
+        &self,
+        payment_intent_ids: &[String],
+    ) -> Result<HashMap<String, PaymentIntentOwner>, StoreError> {
+        let mut owners = HashMap::new();
+        for id in payment_intent_ids {
+            let Some(value) = self
+                .owners
+                .get(id.as_str())
+                .await
+                .map_err(|e| unavailable("owner lookup", e))?
+            else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(&value);
+            if let Some((org_id, sku)) = text.split_once('\n') {
+                owners.insert(
+                    id.clone(),
+                    PaymentIntentOwner {
+                        org_id: org_id.to_owned(),
+                        sku: sku.to_owned(),
+                    },
+                );
+            }
+        }
+        Ok(owners)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn action(seq: u64) -> Action {
+        Action {
+            id: format!("pay_pi_{seq}"),
+            org_id: "acme".into(),
+            seq,
+            kind: ActionKind::Payment,
+            status: ActionStatus::Delivered,
+            sku: "pack".into(),
+            external_id: format!("pi_{seq}"),
+            event_id: Some(format!("evt_{seq}")),
+            amount: 100,
+            currency: "usd".into(),
+            created_at_ms: 1_700_000_000_000,
+            simulated: seq == 2,
+        }
+    }
+
+    #[test]
+    fn a_record_reads_back_as_written() {
+        let actions = vec![action(1), action(2)];
+        let message = decode("acme", 9, &encode(4, &actions)).unwrap();
+        assert_eq!(message.sequence, 9);
+        assert_eq!(message.prev, 4);
+        assert_eq!(message.actions, actions);
+    }
+
+    #[test]
+    fn a_foreign_payload_is_not_a_record() {
+        assert_eq!(decode("acme", 1, b"hello"), None);
+    }
+}
