@@ -199,7 +199,6 @@ impl Application {
             ));
             if settings.jetstream.clickhouse_projection {
                 let clickhouse = clickhouse_store(&settings)?;
-                clickhouse.migrate().await?;
                 let projection_task = Projection {
                     stream: js.clone(),
                     clickhouse,

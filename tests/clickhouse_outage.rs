@@ -5,42 +5,12 @@
 mod common;
 
 use std::collections::HashSet;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::process::*;
 use common::*;
 use futures_util::StreamExt;
 use serde_json::Value;
-
-fn clickhouse_script(action: &str) {
-    let script =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/clickhouse-server.sh");
-    let status = Command::new("bash")
-        .arg(script)
-        .arg(action)
-        .status()
-        .unwrap();
-    assert!(status.success(), "clickhouse-server.sh {action}");
-}
-
-fn kill_clickhouse() {
-    let run_dir = std::env::var("RUN_DIR").unwrap_or_else(|_| "/tmp/entitlements-test".into());
-    let pid_file = PathBuf::from(run_dir).join("clickhouse-server.pid");
-    let pid = std::fs::read_to_string(&pid_file).unwrap_or_else(|_| {
-        panic!(
-            "{} is missing: this test needs the ClickHouse server that tests/run started",
-            pid_file.display()
-        )
-    });
-    let status = Command::new("kill")
-        .args(["-9", pid.trim()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let _ = std::fs::remove_file(pid_file);
-}
 
 #[tokio::test]
 async fn clickhouse_killed_and_restarted_mid_load_loses_nothing_and_doubles_nothing() {

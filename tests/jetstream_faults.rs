@@ -309,3 +309,103 @@ async fn readyz_is_503_while_nats_cannot_be_reached_and_nothing_is_acknowledged(
     assert_eq!(app.entitlements(org).await["entitlements"][SKU], true);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_node_paused_mid_load_wakes_to_a_log_it_cannot_overwrite() {
+    use common::process::{free_port, write_config, Service};
+    let _one_at_a_time = FAULTS.lock().await;
+    let stream = stream_name("PAUSED_NODE");
+    let overrides = jetstream_overrides(&stream, 3);
+    // Node A as a process of its own, to be stopped (SIGSTOP) with its
+    // decisions and appends in flight while node B goes on writing.
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(dir.path(), port, "");
+    let a = Service::start(&config, port, &as_pairs(&overrides)).await;
+    let b = node(&stream).await;
+    let nodes = RwLock::new(vec![a.base.clone(), b.base.clone()]);
+    let orgs = load(12, 30);
+    let answers = RwLock::new(Answers::default());
+
+    let pause = async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        a.signal("STOP");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        a.signal("CONT");
+    };
+    futures_util::future::join(send_all(&nodes, &orgs, &answers), pause).await;
+
+    assert_only_200_or_503(&answers);
+    assert_every_effect_once(&b, &orgs, 30).await;
+    let metrics = reqwest::get(format!("{}/metrics", a.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let refused = metrics
+        .lines()
+        .find(|l| l.starts_with("entitlements_jetstream_conflicts_total "))
+        .unwrap_or("none");
+    eprintln!("node A after its pause: {refused}");
+    drop(a);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_clickhouse_outage_fails_no_webhook_and_the_projection_catches_up() {
+    let _one_at_a_time = FAULTS.lock().await;
+    let stream = stream_name("CH_OUTAGE");
+    let table = unique_table("projected_outage");
+    let mut overrides = jetstream_overrides(&stream, 3);
+    overrides.retain(|(k, _)| k != "ENTITLEMENTS__JETSTREAM__CLICKHOUSE_PROJECTION");
+    overrides.push(("ENTITLEMENTS__CLICKHOUSE__URL".into(), clickhouse_url()));
+    overrides.push(("ENTITLEMENTS__CLICKHOUSE__TABLE".into(), table.clone()));
+    let app = spawn(&as_pairs(&overrides)).await;
+    let count = format!("SELECT count() FROM {table} FINAL");
+    let projected = |n: usize| {
+        let count = count.clone();
+        async move {
+            let res = reqwest::Client::new()
+                .post(clickhouse_url())
+                .body(count)
+                .send()
+                .await;
+            let text = res.ok()?.text().await.ok()?;
+            (text.trim() == n.to_string()).then_some(())
+        }
+    };
+    for i in 0..5 {
+        app.deliver(&succeeded(
+            &format!("evt_cho_{i}"),
+            &format!("pi_cho_{i}"),
+            &format!("org-cho-{i}"),
+        ))
+        .await;
+    }
+    eventually(Duration::from_secs(20), || projected(5)).await;
+
+    tokio::task::spawn_blocking(kill_clickhouse).await.unwrap();
+    // ClickHouse is down: every webhook is still acknowledged, at once.
+    for i in 5..15 {
+        app.deliver(&succeeded(
+            &format!("evt_cho_{i}"),
+            &format!("pi_cho_{i}"),
+            &format!("org-cho-{i}"),
+        ))
+        .await;
+    }
+    // The projection's INSERTs fail meanwhile, and it says so.
+    eventually(Duration::from_secs(10), || async {
+        (app.metric("entitlements_store_errors_total").await > 0).then_some(())
+    })
+    .await;
+    tokio::task::spawn_blocking(|| clickhouse_script("start"))
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(60), || projected(15)).await;
+    let distinct = format!("SELECT uniqExact(org_id, seq) FROM {table} FINAL");
+    assert_eq!(clickhouse_query(&distinct).await, "15");
+    app.stop().await;
+    drop_table(&table).await;
+}

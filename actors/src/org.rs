@@ -248,6 +248,9 @@ pub struct OrgActor {
     unsent: Vec<(u64, Action)>,
     /// JetStream only: the tickets of the append in flight.
     appending: Vec<u64>,
+    /// JetStream only: the newest message another node wrote that arrived
+    /// while our own changes were in flight; looked at once they are back.
+    deferred: Option<OrgMessage>,
 }
 
 impl OrgActor {
@@ -272,6 +275,7 @@ impl OrgActor {
             log_seq: 0,
             unsent: Vec::new(),
             appending: Vec::new(),
+            deferred: None,
         }
     }
 
@@ -431,6 +435,11 @@ impl OrgActor {
             }
             act.settle(ctx);
             act.append_unsent(ctx);
+            if act.writes_in_flight == 0 && act.pending.is_empty() {
+                if let Some(message) = act.deferred.take() {
+                    act.observe(message, ctx);
+                }
+            }
         }));
     }
 
@@ -952,12 +961,21 @@ impl Handler<Observe> for OrgActor {
     type Result = ();
 
     fn handle(&mut self, Observe(message): Observe, ctx: &mut Context<Self>) {
+        self.observe(message, ctx);
+    }
+}
+
+impl OrgActor {
+    /// Brings the ledger up to a message of the org's log some node wrote.
+    fn observe(&mut self, message: OrgMessage, ctx: &mut Context<Self>) {
         if message.sequence <= self.log_seq || !matches!(self.state, State::Ready { .. }) {
             return;
         }
-        // Changes of our own in flight were decided without this message:
-        // their append will be refused and the org read again.
+        // Changes of our own in flight were decided without this message.
+        // If it came after them it is looked at once they are back; if
+        // before, their append is refused and the org read again.
         if self.writes_in_flight > 0 || !self.pending.is_empty() || self.broken.is_some() {
+            self.deferred = Some(message);
             return;
         }
         if message.prev == self.log_seq {

@@ -58,6 +58,12 @@ impl Projection {
     }
 
     async fn project_batches(&self, stop: &mut watch::Receiver<bool>) -> Result<(), String> {
+        // Here rather than at start: a node starts and takes webhooks while
+        // ClickHouse is down.
+        self.clickhouse
+            .migrate()
+            .await
+            .map_err(|e| format!("ClickHouse table: {e}"))?;
         let stream = self
             .stream
             .context()

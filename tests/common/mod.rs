@@ -6,6 +6,8 @@ pub mod localstripe;
 pub mod process;
 pub mod sse;
 
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -471,4 +473,34 @@ pub fn as_pairs(overrides: &[(String, String)]) -> Vec<(&str, &str)> {
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect()
+}
+
+/// Runs `tests/support/clickhouse-server.sh <action>` (start, stop).
+pub fn clickhouse_script(action: &str) {
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/clickhouse-server.sh");
+    let status = Command::new("bash")
+        .arg(script)
+        .arg(action)
+        .status()
+        .unwrap();
+    assert!(status.success(), "clickhouse-server.sh {action}");
+}
+
+/// SIGKILLs the ClickHouse server the test command started.
+pub fn kill_clickhouse() {
+    let run_dir = std::env::var("RUN_DIR").unwrap_or_else(|_| "/tmp/entitlements-test".into());
+    let pid_file = PathBuf::from(run_dir).join("clickhouse-server.pid");
+    let pid = std::fs::read_to_string(&pid_file).unwrap_or_else(|_| {
+        panic!(
+            "{} is missing: this test needs the ClickHouse server that tests/run started",
+            pid_file.display()
+        )
+    });
+    let status = Command::new("kill")
+        .args(["-9", pid.trim()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _ = std::fs::remove_file(pid_file);
 }
