@@ -90,6 +90,7 @@ impl From<OrgError> for ApiError {
             OrgError::PersistenceUnavailable(msg) => {
                 ApiError::PersistenceUnavailable(format!("the action could not be recorded: {msg}"))
             }
+            OrgError::UnreadableEvent(reason) => ApiError::InvalidPayload(reason),
             OrgError::Stale => ApiError::PersistenceUnavailable(
                 "other nodes kept writing this org first; try again".into(),
             ),

@@ -74,8 +74,9 @@ async fn every_rejection_leaves_no_trace() {
             br#"{"id":"evt_x","type":"payment_intent.succeeded","data":{}}"#.to_vec(),
         ),
         (
-            "payment intent missing fields",
-            br#"{"id":"evt_y","type":"payment_intent.succeeded","data":{"object":{"id":"pi_y"}}}"#
+            "payment intent of ours missing fields",
+            br#"{"id":"evt_y","type":"payment_intent.succeeded","data":{"object":{"id":"pi_y",
+                "metadata":{"org_id":"acme","sku":"compliance-pack"}}}}"#
                 .to_vec(),
         ),
     ] {
@@ -394,4 +395,56 @@ async fn a_full_mailbox_is_a_503_and_stripe_retries_complete_the_work() {
     assert_eq!(ids.len(), 60);
     let seqs: HashSet<u64> = actions.iter().map(|a| a["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, (1..=60).collect());
+}
+
+/// A Stripe account serves other integrations: their correctly signed
+/// events are acknowledged and recorded nowhere, whatever their objects
+/// lack, unless they name one of our orgs or a PaymentIntent of ours.
+#[tokio::test]
+async fn signed_events_that_are_not_ours_are_acknowledged_whatever_they_lack() {
+    let app = spawn(&[]).await;
+    app.deliver(&succeeded("evt_n_pay", "pi_ours", "acme"))
+        .await;
+    let foreign = [
+        // A PaymentIntent of another integration: no metadata, no amount.
+        json!({"id": "evt_n1", "type": "payment_intent.succeeded",
+               "data": {"object": {"id": "pi_foreign", "metadata": {}}}}),
+        json!({"id": "evt_n2", "type": "payment_intent.payment_failed",
+               "data": {"object": {"id": "pi_foreign2"}}}),
+        // A dispute naming no PaymentIntent and no org.
+        json!({"id": "evt_n3", "type": "charge.dispute.created",
+               "data": {"object": {"id": "dp_foreign"}}}),
+    ];
+    for event in &foreign {
+        app.deliver(event).await;
+    }
+    // Unreadable but ours: by metadata, or by its PaymentIntent.
+    let ours = [
+        json!({"id": "evt_o1", "type": "charge.refunded",
+               "data": {"object": {"id": "ch_1", "metadata": {"org_id": "acme"}}}}),
+        json!({"id": "evt_o2", "type": "charge.refunded",
+               "data": {"object": {"id": "ch_2", "payment_intent": "pi_ours"}}}),
+    ];
+    for event in &ours {
+        let res = app.webhook(event).await;
+        assert_eq!(res.status(), 400, "{}", event["id"]);
+        assert_eq!(
+            res.json::<Value>().await.unwrap()["error"]["code"],
+            "invalid_payload"
+        );
+    }
+    let actions = app.actions("acme").await;
+    assert_eq!(actions.len(), 1, "only the payment: {actions:#?}");
+    assert_eq!(app.entitlements("acme").await["entitlements"][SKU], true);
+    let ignored = app
+        .metric("entitlements_events_total{outcome=\"ignored\"}")
+        .await;
+    assert_eq!(
+        ignored, 3,
+        "a fresh app: only the foreign events were ignored"
+    );
+    let invalid = app
+        .metric("entitlements_webhooks_total{outcome=\"invalid_payload\"}")
+        .await;
+    assert_eq!(invalid, 2);
 }

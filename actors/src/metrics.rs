@@ -21,6 +21,8 @@ pub enum WebhookOutcome {
     TooLarge,
     Overloaded,
     Unavailable,
+    /// Stripe could not be asked whose PaymentIntent an event is about.
+    StripeError,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -73,6 +75,7 @@ snake_case_label!(WebhookOutcome {
     TooLarge => "too_large",
     Overloaded => "overloaded",
     Unavailable => "unavailable",
+    StripeError => "stripe_error",
 });
 snake_case_label!(EventOutcome { Applied => "applied", Duplicate => "duplicate", Ignored => "ignored" });
 snake_case_label!(Mailbox { Org => "org", Stripe => "stripe", Persistence => "persistence" });

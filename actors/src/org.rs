@@ -72,6 +72,9 @@ pub enum OrgError {
     Overloaded,
     #[error("the action store is unavailable: {0}")]
     PersistenceUnavailable(String),
+    /// A Stripe event about one of our orgs whose object cannot be read.
+    #[error("{0}")]
+    UnreadableEvent(String),
     /// Another node wrote the org's log first; a fresh read decides again.
     #[error("another node wrote this org first; try again")]
     Stale,

@@ -384,6 +384,21 @@ async fn route(
             };
             directory.ask(&org_id, request).await
         }
+        EventEffect::Unreadable {
+            payment_intent_id,
+            reason,
+        } => {
+            let ours = match &payment_intent_id {
+                Some(id) => owner_of(id, api, directory, owners).await?.is_some(),
+                None => false,
+            };
+            if ours {
+                tracing::warn!(%event_id, %reason, "an event of ours that cannot be read; refused");
+                return Err(OrgError::UnreadableEvent(reason));
+            }
+            tracing::info!(%event_id, "an unreadable event that names nothing of ours; ignored");
+            Ok(Outcome::Ignored)
+        }
         EventEffect::Ignored => Ok(Outcome::Ignored),
     }
 }

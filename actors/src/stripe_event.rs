@@ -23,7 +23,14 @@ pub enum EventEffect {
     PaymentFailed(PaymentIntentFacts),
     /// `charge.refunded` (fully refunded) or `charge.dispute.created`.
     Revoked(RevocationFacts),
-    /// A type the service does not act on, or a partial refund.
+    /// A refund or dispute whose object cannot be read and names no org:
+    /// ours (400) only if its PaymentIntent is, else another integration's.
+    Unreadable {
+        payment_intent_id: Option<String>,
+        reason: String,
+    },
+    /// A type the service does not act on, a partial refund, or a
+    /// PaymentIntent event without our metadata that cannot be read.
     Ignored,
 }
 
@@ -107,11 +114,48 @@ pub fn parse(body: &[u8]) -> Result<StripeEvent, InvalidPayload> {
     if raw.id.is_empty() || raw.event_type.is_empty() {
         return Err(InvalidPayload("empty id or type".into()));
     }
+    // An object that cannot be read is refused (400, Stripe retries) only
+    // when it names one of our orgs; an account serves other integrations
+    // too, whose events must be acknowledged whatever their objects lack.
+    let org_named = raw
+        .data
+        .object
+        .get("metadata")
+        .and_then(|m| m.get("org_id"))
+        .is_some_and(serde_json::Value::is_string);
+    let payment_intent = raw
+        .data
+        .object
+        .get("payment_intent")
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_owned);
     let object = serde_json::Value::Object(raw.data.object);
-    let bad_object = |e: serde_json::Error| InvalidPayload(format!("{}: {e}", raw.event_type));
+    let event_type = raw.event_type.clone();
+    let bad_object = |e: serde_json::Error| {
+        let reason = format!("{event_type}: {e}");
+        match (org_named, event_type.starts_with("payment_intent.")) {
+            (true, _) => Err(InvalidPayload(reason)),
+            // A PaymentIntent of ours always carries our metadata.
+            (false, true) => Ok(EventEffect::Ignored),
+            (false, false) => Ok(EventEffect::Unreadable {
+                payment_intent_id: payment_intent.clone(),
+                reason,
+            }),
+        }
+    };
+    let finish = |effect| {
+        Ok(StripeEvent {
+            id: raw.id.clone(),
+            event_type: raw.event_type.clone(),
+            effect,
+        })
+    };
     let effect = match raw.event_type.as_str() {
         "payment_intent.succeeded" | "payment_intent.payment_failed" => {
-            let pi: RawPaymentIntent = serde_json::from_value(object).map_err(bad_object)?;
+            let pi: RawPaymentIntent = match serde_json::from_value(object) {
+                Ok(pi) => pi,
+                Err(e) => return finish(bad_object(e)?),
+            };
             let facts = PaymentIntentFacts {
                 org_id: pi.metadata.get("org_id").cloned(),
                 sku: pi.metadata.get("sku").cloned(),
@@ -126,7 +170,10 @@ pub fn parse(body: &[u8]) -> Result<StripeEvent, InvalidPayload> {
             }
         }
         "charge.refunded" => {
-            let charge: RawCharge = serde_json::from_value(object).map_err(bad_object)?;
+            let charge: RawCharge = match serde_json::from_value(object) {
+                Ok(charge) => charge,
+                Err(e) => return finish(bad_object(e)?),
+            };
             let fully_refunded =
                 charge.refunded && charge.amount_refunded.is_none_or(|r| r >= charge.amount);
             if fully_refunded {
@@ -143,7 +190,10 @@ pub fn parse(body: &[u8]) -> Result<StripeEvent, InvalidPayload> {
             }
         }
         "charge.dispute.created" => {
-            let dispute: RawDispute = serde_json::from_value(object).map_err(bad_object)?;
+            let dispute: RawDispute = match serde_json::from_value(object) {
+                Ok(dispute) => dispute,
+                Err(e) => return finish(bad_object(e)?),
+            };
             EventEffect::Revoked(RevocationFacts {
                 kind: RevocationKind::Dispute,
                 payment_intent_id: dispute.payment_intent,
@@ -155,11 +205,7 @@ pub fn parse(body: &[u8]) -> Result<StripeEvent, InvalidPayload> {
         }
         _ => EventEffect::Ignored,
     };
-    Ok(StripeEvent {
-        id: raw.id,
-        event_type: raw.event_type,
-        effect,
-    })
+    finish(effect)
 }
 
 #[cfg(test)]
@@ -183,6 +229,24 @@ mod tests {
                 currency: "usd".into(),
             })
         );
+    }
+
+    #[test]
+    fn unreadable_objects_are_refused_only_when_they_name_our_org() {
+        let ours = br#"{"id":"evt_u1","type":"charge.refunded","data":{"object":{"id":"ch_1",
+            "payment_intent":"pi_1","metadata":{"org_id":"acme"}}}}"#;
+        assert!(parse(ours).is_err());
+        let foreign_intent = br#"{"id":"evt_u2","type":"payment_intent.succeeded",
+            "data":{"object":{"id":"pi_9","metadata":{}}}}"#;
+        assert_eq!(parse(foreign_intent).unwrap().effect, EventEffect::Ignored);
+        let unnamed_charge = br#"{"id":"evt_u3","type":"charge.dispute.created",
+            "data":{"object":{"id":"dp_1","payment_intent":"pi_7"}}}"#;
+        match parse(unnamed_charge).unwrap().effect {
+            EventEffect::Unreadable {
+                payment_intent_id, ..
+            } => assert_eq!(payment_intent_id.as_deref(), Some("pi_7")),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -211,7 +275,9 @@ mod tests {
             b"[]",
             b"{}",
             br#"{"id":"evt_5","type":"x"}"#,
-            br#"{"id":"evt_6","type":"payment_intent.succeeded","data":{"object":{"id":"pi_1"}}}"#,
+            // Names our org, but has no amount: ours and unreadable.
+            br#"{"id":"evt_6","type":"payment_intent.succeeded","data":{"object":{"id":"pi_1",
+                "metadata":{"org_id":"acme","sku":"pack"}}}}"#,
         ] {
             assert!(parse(body).is_err(), "{}", String::from_utf8_lossy(body));
         }

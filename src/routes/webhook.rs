@@ -67,6 +67,7 @@ pub async fn stripe_webhook(
         Err(ApiError::PayloadTooLarge(_)) => WebhookOutcome::TooLarge,
         Err(ApiError::Overloaded) => WebhookOutcome::Overloaded,
         Err(ApiError::PersistenceUnavailable(_)) => WebhookOutcome::Unavailable,
+        Err(ApiError::Stripe(_)) => WebhookOutcome::StripeError,
         Err(_) => WebhookOutcome::InvalidPayload,
     });
     result?;
