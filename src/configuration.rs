@@ -47,6 +47,9 @@ pub struct ServerSettings {
     pub bind: String,
     pub environment: Environment,
     pub max_body_bytes: usize,
+    /// A request body not fully received by then is answered 408 and its
+    /// connection closed.
+    pub body_timeout_secs: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -177,6 +180,7 @@ impl Default for ServerSettings {
             bind: "127.0.0.1:8787".into(),
             environment: Environment::Development,
             max_body_bytes: 262_144,
+            body_timeout_secs: 10,
         }
     }
 }
@@ -337,6 +341,9 @@ impl Settings {
         }
         if self.server.max_body_bytes == 0 {
             return fail("server.max_body_bytes", "must be positive");
+        }
+        if self.server.body_timeout_secs == 0 {
+            return fail("server.body_timeout_secs", "must be positive");
         }
         if self.auth.jwt_secret.is_empty() {
             return fail("auth.jwt_secret", "must not be empty");

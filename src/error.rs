@@ -26,6 +26,8 @@ pub enum ApiError {
     InvalidPayload(String),
     #[error("the body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    #[error("the body did not arrive within {0} s")]
+    RequestTimeout(u64),
     #[error("Stripe request failed: {0}")]
     Stripe(String),
     #[error("{0}")]
@@ -48,6 +50,7 @@ impl ApiError {
             ApiError::InvalidSignature(_) => "invalid_signature",
             ApiError::InvalidPayload(_) => "invalid_payload",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::Stripe(_) => "stripe_error",
             ApiError::PersistenceUnavailable(_) => "persistence_unavailable",
             ApiError::Overloaded => "overloaded",
@@ -68,6 +71,7 @@ impl ResponseError for ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Stripe(_) => StatusCode::BAD_GATEWAY,
             ApiError::PersistenceUnavailable(_)
             | ApiError::Overloaded
@@ -76,8 +80,13 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status_code())
-            .json(json!({ "error": { "code": self.code(), "message": self.to_string() } }))
+        let mut response = HttpResponse::build(self.status_code());
+        // The rest of a body that never came is not waited for: the
+        // connection is closed with the answer.
+        if let ApiError::RequestTimeout(_) = self {
+            response.force_close();
+        }
+        response.json(json!({ "error": { "code": self.code(), "message": self.to_string() } }))
     }
 }
 

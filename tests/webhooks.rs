@@ -3,6 +3,7 @@
 mod common;
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use common::*;
 use futures_util::StreamExt;
@@ -447,4 +448,64 @@ async fn signed_events_that_are_not_ours_are_acknowledged_whatever_they_lack() {
         .metric("entitlements_webhooks_total{outcome=\"invalid_payload\"}")
         .await;
     assert_eq!(invalid, 2);
+}
+
+/// Connections that send a webhook's headers and then stop: each is
+/// answered 408 `request_timeout` and closed once `server.body_timeout_secs`
+/// has passed, and a good webhook is served meanwhile.
+#[tokio::test]
+async fn bodies_that_never_arrive_are_cut_and_block_nobody() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SLOW: usize = 2000;
+    // Both ends of every connection live in this process.
+    raise_open_files_limit(2 * SLOW as u64 + 512);
+    let app = spawn(&[("ENTITLEMENTS__SERVER__BODY_TIMEOUT_SECS", "2")]).await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut slow = Vec::new();
+    for _ in 0..SLOW {
+        let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST /webhooks/stripe HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+             Stripe-Signature: t=1,v1=00\r\nContent-Length: 500\r\n\r\n{{\"id\":"
+        );
+        conn.write_all(head.as_bytes()).await.unwrap();
+        slow.push(conn);
+    }
+    // Served while the slow connections are held open.
+    app.deliver(&succeeded("evt_slow_good", "pi_slow_good", "acme"))
+        .await;
+
+    let answers = slow.into_iter().map(|mut conn| async move {
+        let mut answer = Vec::new();
+        // The server closes the connection after its answer: read to EOF.
+        tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer))
+            .await
+            .expect("the slow connection was closed in time")
+            .unwrap();
+        String::from_utf8_lossy(&answer).into_owned()
+    });
+    for answer in futures_util::future::join_all(answers).await {
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("request_timeout"), "{answer}");
+    }
+    let timed_out = app
+        .metric("entitlements_webhooks_total{outcome=\"request_timeout\"}")
+        .await;
+    assert_eq!(timed_out, SLOW as u64);
+    assert_eq!(app.actions("acme").await.len(), 1);
+}
+
+/// Raises this process's soft limit on open files to `wanted` (at most the
+/// hard limit).
+fn raise_open_files_limit(wanted: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_cur.max(wanted.min(limit.rlim_max));
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
 }

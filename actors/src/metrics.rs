@@ -21,6 +21,8 @@ pub enum WebhookOutcome {
     TooLarge,
     Overloaded,
     Unavailable,
+    /// The body did not arrive within `server.body_timeout_secs`.
+    RequestTimeout,
     /// Stripe could not be asked whose PaymentIntent an event is about.
     StripeError,
 }
@@ -76,6 +78,7 @@ snake_case_label!(WebhookOutcome {
     Overloaded => "overloaded",
     Unavailable => "unavailable",
     StripeError => "stripe_error",
+    RequestTimeout => "request_timeout",
 });
 snake_case_label!(EventOutcome { Applied => "applied", Duplicate => "duplicate", Ignored => "ignored" });
 snake_case_label!(Mailbox { Org => "org", Stripe => "stripe", Persistence => "persistence" });

@@ -46,6 +46,8 @@ pub struct Received {
         (status = 400, description = "`invalid_signature`: no `v1` matches a configured secret, or `t` is outside the tolerance; `invalid_payload`: the body is not a Stripe event.",
             body = ErrorBody,
             example = json!({"error": {"code": "invalid_signature", "message": "no signature matches"}})),
+        (status = 408, description = "`request_timeout`: the body was not fully received within `server.body_timeout_secs`; the connection is closed.",
+            body = ErrorBody),
         (status = 413, description = "`payload_too_large`: the body is larger than `server.max_body_bytes`.",
             body = ErrorBody),
         (status = 503, description = "`persistence_unavailable`: the effect could not be recorded; `overloaded`: the org's mailbox is full. Stripe retries; nothing is half-applied.",
@@ -65,6 +67,7 @@ pub async fn stripe_webhook(
         Ok(Outcome::Ignored) => WebhookOutcome::Ignored,
         Err(ApiError::InvalidSignature(_)) => WebhookOutcome::InvalidSignature,
         Err(ApiError::PayloadTooLarge(_)) => WebhookOutcome::TooLarge,
+        Err(ApiError::RequestTimeout(_)) => WebhookOutcome::RequestTimeout,
         Err(ApiError::Overloaded) => WebhookOutcome::Overloaded,
         Err(ApiError::PersistenceUnavailable(_)) => WebhookOutcome::Unavailable,
         Err(ApiError::Stripe(_)) => WebhookOutcome::StripeError,
@@ -80,7 +83,14 @@ async fn handle(
     state: &AppState,
     stripe_actor: &Bounded<StripeActor>,
 ) -> Result<Outcome, ApiError> {
-    let body = read_limited(payload, state.settings.server.max_body_bytes).await?;
+    let server = &state.settings.server;
+    let read = read_limited(payload, server.max_body_bytes);
+    let body = tokio::time::timeout(
+        std::time::Duration::from_secs(server.body_timeout_secs),
+        read,
+    )
+    .await
+    .map_err(|_| ApiError::RequestTimeout(server.body_timeout_secs))??;
     let header = req
         .headers()
         .get("Stripe-Signature")
