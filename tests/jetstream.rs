@@ -377,3 +377,39 @@ async fn clickhouse_is_fed_from_the_stream_once_per_action() {
     b.stop().await;
     drop_table(&table).await;
 }
+
+#[tokio::test]
+async fn one_node_at_a_time_holds_the_reconciliation_lease_until_it_lapses() {
+    use actors::lease::Lease;
+    use actors::store::{JetStreamSettings, JetStreamStore};
+
+    let stream = stream_name("LEASE");
+    let settings = JetStreamSettings {
+        servers: nats_servers(),
+        stream: stream.clone(),
+        subject_prefix: stream.to_lowercase(),
+        replicas: 3,
+        user: String::new(),
+        password: Default::default(),
+        credentials_file: String::new(),
+        timeout: Duration::from_secs(10),
+    };
+    let ttl = Duration::from_secs(2);
+    let node = |name: &'static str| {
+        let settings = settings.clone();
+        async move {
+            let store = JetStreamStore::connect(settings).await.unwrap();
+            Lease::new(store.leases(ttl).await.unwrap(), "reconciler", name.into())
+        }
+    };
+    let (a, b) = (node("a").await, node("b").await);
+    assert!(a.hold().await, "a free lease is taken");
+    assert!(!b.hold().await, "a held lease is not");
+    assert!(a.hold().await, "its holder renews it");
+    // Once its holder stops renewing, it lapses and another node takes it.
+    eventually(Duration::from_secs(20), || async {
+        b.hold().await.then_some(())
+    })
+    .await;
+    assert!(!a.hold().await, "and the first holder no longer has it");
+}
