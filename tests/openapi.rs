@@ -33,7 +33,7 @@ const CONTRACT: &[(&str, &str, &[u16])] = &[
     ("get", "/v1/entitlements", &[200, 401, 503]),
     ("get", "/v1/actions", &[200, 400, 401, 503]),
     ("get", "/v1/stream", &[200, 401, 503]),
-    ("post", "/webhooks/stripe", &[200, 400, 413, 503]),
+    ("post", "/webhooks/stripe", &[200, 400, 408, 413, 503]),
 ];
 
 const METHODS: &[&str] = &[

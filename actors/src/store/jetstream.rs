@@ -169,6 +169,9 @@ fn refused_by_sequence_check(e: &jetstream::context::PublishError) -> bool {
         })
 }
 
+/// How long start-up waits for JetStream to create the stream and buckets.
+const SETUP_WAIT: Duration = Duration::from_secs(30);
+
 fn unavailable(what: &str, e: impl fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("JetStream {what}: {e}"))
 }
@@ -206,6 +209,29 @@ impl JetStreamStore {
             .timeout(settings.timeout)
             .build(client.clone());
         let replicas = settings.replicas.max(1);
+        // A cluster that is electing its meta leader (just started, or a
+        // server just restarted) times such requests out for a few seconds:
+        // start-up waits for it, for a bounded time.
+        let deadline = std::time::Instant::now() + SETUP_WAIT;
+        loop {
+            match Self::set_up(&client, &context, &settings, replicas).await {
+                Ok(store) => return Ok(store),
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %e, "JetStream not ready; trying again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Creates (or updates) the owners bucket and the stream.
+    async fn set_up(
+        client: &async_nats::Client,
+        context: &jetstream::Context,
+        settings: &JetStreamSettings,
+        replicas: usize,
+    ) -> Result<Self, StoreError> {
         let owners = context
             .create_or_update_key_value(kv::Config {
                 bucket: format!("{}_intent_owners", settings.stream),
@@ -217,10 +243,10 @@ impl JetStreamStore {
             .await
             .map_err(|e| unavailable("owners bucket", e))?;
         let store = Self {
-            client,
-            context,
-            stream: settings.stream,
-            subject_prefix: settings.subject_prefix,
+            client: client.clone(),
+            context: context.clone(),
+            stream: settings.stream.clone(),
+            subject_prefix: settings.subject_prefix.clone(),
             replicas,
             timeout: settings.timeout,
             owners,
