@@ -76,8 +76,17 @@ impl OrgDirectory {
             // try_send: refused past the actor's mailbox capacity.
             Some(actor) => match actor.addr().try_send(message) {
                 Err(SendError::Full(message)) => Err(message),
-                // Stopped: its successor reads the org when it starts.
-                Ok(()) | Err(SendError::Closed(_)) => Ok(()),
+                Ok(()) => Ok(()),
+                // Stopped: a successor reads the org when it starts; start
+                // one now if browsers here wait for the org's changes.
+                Err(SendError::Closed(_)) => {
+                    if self.deps.subscribed.contains(org_id) {
+                        self.actors
+                            .remove_if(org_id, |_, a| a.addr() == actor.addr());
+                        let _ = self.actor(org_id);
+                    }
+                    Ok(())
+                }
             },
             None if self.deps.subscribed.contains(org_id) => {
                 let _ = self.actor(org_id);

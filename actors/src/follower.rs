@@ -35,6 +35,15 @@ pub async fn follow(
     // after this node started matters. After a failure, on from where the
     // last pass stopped.
     let mut deliver = DeliverPolicy::New;
+    if let Ok(mut stream) = store.context().get_stream(store.stream_name()).await {
+        if let Ok(info) = stream.info().await {
+            // From a known point, so that a failed first consumer does not
+            // skip what was written before the next one.
+            deliver = DeliverPolicy::ByStartSequence {
+                start_sequence: info.state.last_sequence + 1,
+            };
+        }
+    }
     loop {
         let pass = follow_from(&store, &directory, &metrics, deliver);
         let last_seen = tokio::select! {

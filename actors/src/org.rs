@@ -113,6 +113,9 @@ pub struct ApplyRevocation {
     pub sku: Option<String>,
     pub amount: i64,
     pub currency: String,
+    /// Set once the actor has checked the log for messages it had not seen
+    /// (JetStream), before it answers that no known SKU is revoked.
+    pub log_checked: bool,
 }
 
 /// Development fallback: the same effect as a successful payment.
@@ -679,6 +682,10 @@ impl Actor for OrgActor {
             // node every change goes through the org's actor, so an idle one
             // may stop; it comes back with the next change.)
             let watched = act.jetstream().is_some() && act.deps.subscribed.contains(&act.org_id);
+            // A failed load is never kept: the next actor tries again.
+            if matches!(act.state, State::Failed(_)) {
+                return ctx.stop();
+            }
             if !writing && !watched && act.last_active.elapsed() >= idle_stop {
                 ctx.stop();
             }
@@ -767,6 +774,40 @@ impl Handler<Ask<ApplyRevocation>> for OrgActor {
             ),
         };
         let Some(sku) = sku.filter(|s| self.product(s).is_some()) else {
+            // On many nodes the payment may be in a message another node
+            // wrote that this one has not seen: an answer that writes
+            // nothing gets no sequence check, so look before answering.
+            if let (Some(js), false) = (self.jetstream().cloned(), r.log_checked) {
+                if self.writes_in_flight > 0 || !self.pending.is_empty() {
+                    // Reading now would race our own appends; a fresh
+                    // actor reads the org whole.
+                    return drop(reply.send(Err(OrgError::Stale)));
+                }
+                let (org_id, after) = (self.org_id.clone(), self.log_seq);
+                ctx.wait(
+                    async move { js.org_messages_after(&org_id, after).await }
+                        .into_actor(self)
+                        .map(move |result, act, ctx| match result {
+                            Ok(messages) => {
+                                for message in messages {
+                                    if message.prev == act.log_seq {
+                                        act.apply_observed(message);
+                                    }
+                                }
+                                let request = ApplyRevocation {
+                                    log_checked: true,
+                                    ..r
+                                };
+                                act.handle(Ask { request, reply }, ctx);
+                            }
+                            Err(e) => {
+                                let _ = reply
+                                    .send(Err(OrgError::PersistenceUnavailable(e.to_string())));
+                            }
+                        }),
+                );
+                return;
+            }
             tracing::warn!(org_id = %self.org_id, event_id = %r.event_id, payment_intent_id = %r.payment_intent_id,
                 "revocation names no known sku; ignored");
             return drop(reply.send(Ok(Outcome::Ignored)));

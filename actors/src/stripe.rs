@@ -381,6 +381,7 @@ async fn route(
                 sku,
                 amount: facts.amount,
                 currency: facts.currency,
+                log_checked: false,
             };
             directory.ask(&org_id, request).await
         }
