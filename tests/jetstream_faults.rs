@@ -209,8 +209,12 @@ async fn killing_the_streams_leader_under_load_loses_nothing() {
 
     let leader = cluster(&["leader", &stream]).await;
     let server = leader.trim_start_matches('n').to_owned();
+    // Once the load is well under way (not after a fixed time: this
+    // machine's speed varies), so that most of it meets the election.
     let kill = async {
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        while answers.read().unwrap().0.values().sum::<u64>() < 100 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         cluster(&["kill", &server]).await;
     };
     futures_util::future::join(send_all(&nodes, &orgs, &answers), kill).await;
@@ -337,6 +341,25 @@ async fn a_node_paused_mid_load_wakes_to_a_log_it_cannot_overwrite() {
 
     assert_only_200_or_503(&answers);
     assert_every_effect_once(&b, &orgs, 30).await;
+    // Node A woke with a stale view; it must come to the log's state.
+    let client = reqwest::Client::new();
+    for (org, _) in &orgs {
+        let expected = b.entitlements(org).await;
+        eventually(Duration::from_secs(30), || async {
+            let res = client
+                .get(format!("{}/v1/entitlements", a.base))
+                .bearer_auth(token(JWT_SECRET, org, unix_now() + 600))
+                .send()
+                .await
+                .ok()?;
+            let on_a: Value = res.json().await.ok()?;
+            // (A's config lists only the default product.)
+            let same = on_a["seq"] == expected["seq"]
+                && on_a["entitlements"][SKU] == expected["entitlements"][SKU];
+            same.then_some(())
+        })
+        .await;
+    }
     let metrics = reqwest::get(format!("{}/metrics", a.base))
         .await
         .unwrap()
