@@ -19,10 +19,6 @@ async fn node(stream: &str, replicas: usize) -> TestApp {
     spawn(&as_pairs(&jetstream_overrides(stream, replicas))).await
 }
 
-fn stream_name(prefix: &str) -> String {
-    unique_table(prefix).to_uppercase()
-}
-
 /// Sends `event` to `app` until it answers 200, as Stripe retries a 503.
 async fn deliver_until_200(app: &TestApp, event: &Value) {
     for _ in 0..20 {
@@ -255,19 +251,10 @@ async fn state_and_history_survive_every_node_stopping() {
 async fn one_of_racing_appends_lands(replicas: usize) {
     use actors::model::{now_ms, Action, ActionKind, ActionStatus};
     use actors::store::jetstream::AppendError;
-    use actors::store::{JetStreamSettings, JetStreamStore};
+    use actors::store::JetStreamStore;
 
     let stream = stream_name(&format!("FENCE_R{replicas}"));
-    let settings = JetStreamSettings {
-        servers: nats_servers(),
-        stream: stream.clone(),
-        subject_prefix: stream.to_lowercase(),
-        replicas,
-        user: String::new(),
-        password: Default::default(),
-        credentials_file: String::new(),
-        timeout: Duration::from_secs(10),
-    };
+    let settings = jetstream_store_settings(&stream, replicas);
     let mut writers = Vec::new();
     for _ in 0..8 {
         writers.push(JetStreamStore::connect(settings.clone()).await.unwrap());
@@ -337,10 +324,7 @@ async fn of_racing_appends_expecting_one_last_message_exactly_one_lands_r3() {
 async fn clickhouse_is_fed_from_the_stream_once_per_action() {
     let stream = stream_name("PROJECT");
     let table = unique_table("projected");
-    let mut overrides = jetstream_overrides(&stream, 3);
-    overrides.retain(|(k, _)| k != "ENTITLEMENTS__JETSTREAM__CLICKHOUSE_PROJECTION");
-    overrides.push(("ENTITLEMENTS__CLICKHOUSE__URL".into(), clickhouse_url()));
-    overrides.push(("ENTITLEMENTS__CLICKHOUSE__TABLE".into(), table.clone()));
+    let overrides = jetstream_projection_overrides(&stream, &table);
     let a = spawn(&as_pairs(&overrides)).await;
     let b = spawn(&as_pairs(&overrides)).await;
     let mut events = Vec::new();
@@ -381,19 +365,10 @@ async fn clickhouse_is_fed_from_the_stream_once_per_action() {
 #[tokio::test]
 async fn one_node_at_a_time_holds_the_reconciliation_lease_until_it_lapses() {
     use actors::lease::Lease;
-    use actors::store::{JetStreamSettings, JetStreamStore};
+    use actors::store::JetStreamStore;
 
     let stream = stream_name("LEASE");
-    let settings = JetStreamSettings {
-        servers: nats_servers(),
-        stream: stream.clone(),
-        subject_prefix: stream.to_lowercase(),
-        replicas: 3,
-        user: String::new(),
-        password: Default::default(),
-        credentials_file: String::new(),
-        timeout: Duration::from_secs(10),
-    };
+    let settings = jetstream_store_settings(&stream, 3);
     let ttl = Duration::from_secs(2);
     let node = |name: &'static str| {
         let settings = settings.clone();

@@ -41,10 +41,6 @@ async fn cluster(args: &[&str]) -> String {
     .unwrap()
 }
 
-fn stream_name(prefix: &str) -> String {
-    unique_table(prefix).to_uppercase()
-}
-
 async fn node(stream: &str) -> TestApp {
     spawn(&as_pairs(&jetstream_overrides(stream, 3))).await
 }
@@ -380,10 +376,7 @@ async fn a_clickhouse_outage_fails_no_webhook_and_the_projection_catches_up() {
     let _one_at_a_time = FAULTS.lock().await;
     let stream = stream_name("CH_OUTAGE");
     let table = unique_table("projected_outage");
-    let mut overrides = jetstream_overrides(&stream, 3);
-    overrides.retain(|(k, _)| k != "ENTITLEMENTS__JETSTREAM__CLICKHOUSE_PROJECTION");
-    overrides.push(("ENTITLEMENTS__CLICKHOUSE__URL".into(), clickhouse_url()));
-    overrides.push(("ENTITLEMENTS__CLICKHOUSE__TABLE".into(), table.clone()));
+    let overrides = jetstream_projection_overrides(&stream, &table);
     let app = spawn(&as_pairs(&overrides)).await;
     let count = format!("SELECT count() FROM {table} FINAL");
     let projected = |n: usize| {
@@ -398,26 +391,25 @@ async fn a_clickhouse_outage_fails_no_webhook_and_the_projection_catches_up() {
             (text.trim() == n.to_string()).then_some(())
         }
     };
-    for i in 0..5 {
-        app.deliver(&succeeded(
-            &format!("evt_cho_{i}"),
-            &format!("pi_cho_{i}"),
-            &format!("org-cho-{i}"),
-        ))
-        .await;
-    }
+    let deliver = |payments: std::ops::Range<usize>| {
+        let app = &app;
+        async move {
+            for i in payments {
+                let (event, pi, org) = (
+                    format!("evt_cho_{i}"),
+                    format!("pi_cho_{i}"),
+                    format!("org-cho-{i}"),
+                );
+                app.deliver(&succeeded(&event, &pi, &org)).await;
+            }
+        }
+    };
+    deliver(0..5).await;
     eventually(Duration::from_secs(20), || projected(5)).await;
 
     tokio::task::spawn_blocking(kill_clickhouse).await.unwrap();
     // ClickHouse is down: every webhook is still acknowledged, at once.
-    for i in 5..15 {
-        app.deliver(&succeeded(
-            &format!("evt_cho_{i}"),
-            &format!("pi_cho_{i}"),
-            &format!("org-cho-{i}"),
-        ))
-        .await;
-    }
+    deliver(5..15).await;
     // The projection's INSERTs fail meanwhile, and it says so.
     eventually(Duration::from_secs(10), || async {
         (app.metric("entitlements_store_errors_total").await > 0).then_some(())

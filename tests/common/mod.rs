@@ -467,6 +467,35 @@ pub fn jetstream_overrides(stream: &str, replicas: usize) -> Vec<(String, String
     ]
 }
 
+/// Overrides for an app on its own R3 stream that projects into `table`.
+pub fn jetstream_projection_overrides(stream: &str, table: &str) -> Vec<(String, String)> {
+    let mut overrides = jetstream_overrides(stream, 3);
+    overrides.retain(|(k, _)| k != "ENTITLEMENTS__JETSTREAM__CLICKHOUSE_PROJECTION");
+    overrides.push(("ENTITLEMENTS__CLICKHOUSE__URL".into(), clickhouse_url()));
+    overrides.push(("ENTITLEMENTS__CLICKHOUSE__TABLE".into(), table.into()));
+    overrides
+}
+
+/// A stream name no other test uses.
+pub fn stream_name(prefix: &str) -> String {
+    unique_table(prefix).to_uppercase()
+}
+
+/// Settings for a `JetStreamStore` of its own on `stream`, as the service
+/// would build them from `jetstream_overrides`.
+pub fn jetstream_store_settings(stream: &str, replicas: usize) -> actors::store::JetStreamSettings {
+    actors::store::JetStreamSettings {
+        servers: nats_servers(),
+        stream: stream.into(),
+        subject_prefix: stream.to_lowercase(),
+        replicas,
+        user: String::new(),
+        password: Default::default(),
+        credentials_file: String::new(),
+        timeout: Duration::from_secs(10),
+    }
+}
+
 /// `overrides` as `spawn` takes them.
 pub fn as_pairs(overrides: &[(String, String)]) -> Vec<(&str, &str)> {
     overrides

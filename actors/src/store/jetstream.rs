@@ -437,6 +437,12 @@ impl JetStreamStore {
         }
     }
 
+    /// Every action of one org, oldest first.
+    async fn org_actions(&self, org_id: &str) -> Result<Vec<Action>, StoreError> {
+        let messages = self.org_messages_after(org_id, 0).await?;
+        Ok(messages.into_iter().flat_map(|m| m.actions).collect())
+    }
+
     /// Every action of each org, oldest first.
     pub async fn actions_of_orgs(
         &self,
@@ -444,13 +450,7 @@ impl JetStreamStore {
     ) -> Result<HashMap<String, Vec<Action>>, StoreError> {
         let mut orgs = HashMap::with_capacity(org_ids.len());
         for org_id in org_ids {
-            let actions = self
-                .org_messages_after(org_id, 0)
-                .await?
-                .into_iter()
-                .flat_map(|m| m.actions)
-                .collect();
-            orgs.insert(org_id.clone(), actions);
+            orgs.insert(org_id.clone(), self.org_actions(org_id).await?);
         }
         Ok(orgs)
     }
@@ -460,12 +460,7 @@ impl JetStreamStore {
         org_id: &str,
         limit: u32,
     ) -> Result<Vec<Action>, StoreError> {
-        let mut actions: Vec<Action> = self
-            .org_messages_after(org_id, 0)
-            .await?
-            .into_iter()
-            .flat_map(|m| m.actions)
-            .collect();
+        let mut actions = self.org_actions(org_id).await?;
         actions.reverse();
         actions.truncate(limit as usize);
         Ok(actions)
