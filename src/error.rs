@@ -103,7 +103,7 @@ impl From<OrgError> for ApiError {
             OrgError::Stale => ApiError::PersistenceUnavailable(
                 "other nodes kept writing this org first; try again".into(),
             ),
-            OrgError::Stripe(e) => ApiError::Stripe(e.0),
+            OrgError::Stripe(e) => ApiError::Stripe(e.message),
         }
     }
 }

@@ -71,7 +71,7 @@ impl Application {
         let store = open_store(&settings).await?;
         let metrics = Metrics::new();
         let stripe_settings = StripeSettings {
-            secret_key: settings.stripe.secret_key.clone(),
+            secret_key: actors::secret::Secret::new(settings.stripe.secret_key.clone()),
             api_base: settings.stripe.api_base.clone(),
             timeout: STRIPE_TIMEOUT,
         };
@@ -170,6 +170,7 @@ impl Application {
                     reader.clone().recipient(),
                     metrics.clone(),
                 )
+                .with_catalog(products.clone())
             })
         };
         let stripe_mailbox = settings.orgs.mailbox * 16;

@@ -5,6 +5,7 @@
 //! (durable) → the org's ledger → SseHub.
 
 pub mod ask;
+pub mod catalog;
 pub mod directory;
 pub mod follower;
 pub mod intent_indexer;
@@ -24,4 +25,5 @@ pub mod sse_hub;
 pub mod store;
 pub mod store_reader;
 pub mod stripe;
+pub mod stripe_api;
 pub mod stripe_event;

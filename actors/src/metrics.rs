@@ -102,6 +102,7 @@ pub struct Inner {
     pub live_org_actors: Gauge,
     pub mailbox_full: Family<MailboxLabels, Counter>,
     pub reconciled_events: Counter,
+    pub catalog_pending_products: Gauge,
     pub jetstream_publish_seconds: Histogram,
     pub jetstream_conflicts: Counter,
     pub jetstream_retries: Counter,
@@ -135,6 +136,7 @@ impl Metrics {
             live_org_actors: Gauge::default(),
             mailbox_full: Family::default(),
             reconciled_events: Counter::default(),
+            catalog_pending_products: Gauge::default(),
             jetstream_publish_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             jetstream_conflicts: Counter::default(),
             jetstream_retries: Counter::default(),
@@ -213,6 +215,11 @@ impl Metrics {
             "reconciled_events",
             "Events applied by reconciliation with the Stripe Events API",
             inner.reconciled_events.clone(),
+        );
+        registry.register(
+            "stripe_catalog_pending_products",
+            "Configured products whose Product or Price is not yet in place in Stripe",
+            inner.catalog_pending_products.clone(),
         );
         registry.register(
             "jetstream_publish_seconds",

@@ -31,6 +31,7 @@ use actix::prelude::*;
 use dashmap::DashMap;
 
 use crate::ask::{Ask, Bounded, Request};
+pub use crate::catalog::Product;
 use crate::ledger::Ledger;
 use crate::live_intents::LiveIntents;
 use crate::metrics::Metrics;
@@ -42,14 +43,6 @@ use crate::store::jetstream::{AppendError, OrgMessage};
 use crate::store::ActionStore;
 use crate::store_reader::{self, LoadOrg};
 use crate::stripe::{CreatePaymentIntent, OpenIntent, StripeError};
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Product {
-    pub sku: String,
-    pub name: String,
-    pub amount: i64,
-    pub currency: String,
-}
 
 #[derive(Clone, Debug)]
 pub struct OrgSettings {
@@ -920,8 +913,8 @@ impl Handler<Ask<OpenPaymentIntent>> for OrgActor {
                     Ok(intent)
                 }
                 Ok(Err(e)) => Err(OrgError::Stripe(e)),
-                Err(_) => Err(OrgError::Stripe(StripeError(
-                    "the Stripe client is not running".into(),
+                Err(_) => Err(OrgError::Stripe(StripeError::new(
+                    "the Stripe client is not running",
                 ))),
             };
             let _ = reply.send(answer);

@@ -1,47 +1,27 @@
 //! StripeActor: the service's side of Stripe.
 //!
-//! It creates PaymentIntents through async-stripe (against
-//! `stripe.api_base`, so tests can point it at an emulator), and it takes
-//! verified webhook events and routes each to the org it is about. Both jobs
-//! run as futures beside the actor, so one slow call never holds up another.
+//! It creates PaymentIntents, keeps the Stripe catalog in place (on the one
+//! actor that opens PaymentIntents), and takes verified webhook events and
+//! routes each to the org it is about. Calls to Stripe run as futures beside
+//! the actor, so one slow call never holds up another.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use ::stripe::{Client, ClientBuilder, IdempotencyKey, RequestStrategy, StripeRequest};
 use actix::prelude::*;
-use stripe_core::payment_intent::{
-    CreatePaymentIntent as StripeCreatePaymentIntent, RetrievePaymentIntent,
-};
 
 use crate::ask::{Ask, Request};
+use crate::catalog::{self, Product};
 use crate::directory::OrgDirectory;
 use crate::metrics::{EventOutcome, Metrics};
 use crate::model::ActionKind;
 use crate::org::{ApplyPayment, ApplyRevocation, OrgError, Outcome};
 use crate::store::PaymentIntentOwner;
 use crate::store_reader::{find_intent_owner, FindIntentOwner};
+use crate::stripe_api::IntentRequest;
+pub use crate::stripe_api::{OpenIntent, StripeApi, StripeError, StripeSettings};
 use crate::stripe_event::{EventEffect, RevocationKind, StripeEvent};
-
-#[derive(Clone, Debug)]
-pub struct StripeSettings {
-    pub secret_key: String,
-    pub api_base: String,
-    pub timeout: Duration,
-}
-
-/// A failed Stripe call, with any secret removed from the message.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct StripeError(pub String);
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OpenIntent {
-    pub payment_intent_id: String,
-    pub client_secret: String,
-    pub amount: i64,
-    pub currency: String,
-}
 
 /// Create a PaymentIntent carrying `metadata.org_id` and `metadata.sku`.
 #[derive(Message, Clone, Debug)]
@@ -51,6 +31,8 @@ pub struct CreatePaymentIntent {
     pub sku: String,
     pub amount: i64,
     pub currency: String,
+    /// Stripe's key for this purchase; the catalog's Price id (if any) is
+    /// added to it, since Stripe refuses one key with other parameters.
     pub idempotency_key: String,
 }
 
@@ -62,139 +44,16 @@ impl Request for HandleEvent {
     type Answer = Result<Outcome, OrgError>;
 }
 
-/// A configured Stripe client; built before the actor so that bad settings
-/// stop start-up.
-#[derive(Clone)]
-pub struct StripeApi {
-    client: Client,
-    secret_key: String,
-    timeout: Duration,
-}
+/// The first retry of a catalog Stripe could not take; doubled up to the max.
+const CATALOG_RETRY_FIRST: Duration = Duration::from_secs(1);
+const CATALOG_RETRY_MAX: Duration = Duration::from_secs(60);
 
-impl StripeApi {
-    pub fn new(settings: &StripeSettings) -> Result<Self, StripeError> {
-        let client = ClientBuilder::new(settings.secret_key.clone())
-            .url(settings.api_base.clone())
-            .timeout(settings.timeout)
-            .build()
-            .map_err(|e| StripeError(format!("invalid Stripe client settings: {e}")))?;
-        Ok(Self {
-            client,
-            secret_key: settings.secret_key.clone(),
-            timeout: settings.timeout,
-        })
-    }
-}
-
-/// One page of `GET /v1/events`, newest first, each event as raw JSON.
-pub struct EventPage {
-    pub events: Vec<Vec<u8>>,
-    /// The id of the last (oldest) event on the page, to page on from.
-    pub last_id: Option<String>,
-    pub has_more: bool,
-}
-
-#[derive(serde::Serialize)]
-struct ListEventsQuery<'a> {
-    #[serde(rename = "type")]
-    event_type: &'a str,
-    created: CreatedRange,
-    limit: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    starting_after: Option<&'a str>,
-}
-
-#[derive(serde::Serialize)]
-struct CreatedRange {
-    gte: i64,
-}
-
-impl StripeApi {
-    /// The org and SKU in a PaymentIntent's metadata; `None` when Stripe
-    /// does not know it or it carries none.
-    pub async fn payment_intent_owner(
-        &self,
-        payment_intent_id: &str,
-    ) -> Result<Option<PaymentIntentOwner>, StripeError> {
-        let request = RetrievePaymentIntent::new(payment_intent_id);
-        let intent = match tokio::time::timeout(self.timeout, request.send(&self.client)).await {
-            Ok(Ok(intent)) => intent,
-            Ok(Err(::stripe::StripeError::Stripe(_, 404))) => return Ok(None),
-            Ok(Err(e)) => return Err(StripeError(redact(&describe(e), &self.secret_key))),
-            Err(_) => {
-                return Err(StripeError(format!(
-                    "Stripe did not answer within {:?}",
-                    self.timeout
-                )))
-            }
-        };
-        Ok(
-            match (intent.metadata.get("org_id"), intent.metadata.get("sku")) {
-                (Some(org_id), Some(sku)) => Some(PaymentIntentOwner {
-                    org_id: org_id.clone(),
-                    sku: sku.clone(),
-                }),
-                _ => None,
-            },
-        )
-    }
-
-    /// Lists events of one type created at or after `since` (Unix seconds).
-    /// Read as raw JSON, not as async-stripe's typed events, for the same
-    /// reason webhooks are: the account's API version may differ.
-    pub async fn list_events(
-        &self,
-        event_type: &str,
-        since: i64,
-        starting_after: Option<&str>,
-    ) -> Result<EventPage, StripeError> {
-        use miniserde::json::Value;
-        let query = ListEventsQuery {
-            event_type,
-            created: CreatedRange { gte: since },
-            limit: 100,
-            starting_after,
-        };
-        let request = stripe_client_core::RequestBuilder::new(
-            stripe_client_core::StripeMethod::Get,
-            "/events",
-        )
-        .query(&query)
-        .customize::<Value>();
-        let page = match tokio::time::timeout(self.timeout, request.send(&self.client)).await {
-            Ok(Ok(page)) => page,
-            Ok(Err(e)) => return Err(StripeError(redact(&describe(e), &self.secret_key))),
-            Err(_) => {
-                return Err(StripeError(format!(
-                    "Stripe did not answer within {:?}",
-                    self.timeout
-                )))
-            }
-        };
-        let Value::Object(page) = page else {
-            return Err(StripeError("the event list is not an object".into()));
-        };
-        let has_more = matches!(page.get("has_more"), Some(Value::Bool(true)));
-        let Some(Value::Array(data)) = page.get("data") else {
-            return Err(StripeError("the event list has no data".into()));
-        };
-        let last_id = match data.last() {
-            Some(Value::Object(event)) => match event.get("id") {
-                Some(Value::String(id)) => Some(id.clone()),
-                _ => None,
-            },
-            _ => None,
-        };
-        let events = data
-            .iter()
-            .map(|event| miniserde::json::to_string(event).into_bytes())
-            .collect();
-        Ok(EventPage {
-            events,
-            last_id,
-            has_more,
-        })
-    }
+/// The catalog as the actor knows it: which products still need their
+/// Product and Price, and the Price ids of those in place.
+struct Catalog {
+    pending: Vec<Product>,
+    prices: HashMap<String, String>,
+    retry_in: Duration,
 }
 
 pub struct StripeActor {
@@ -203,6 +62,8 @@ pub struct StripeActor {
     /// Where a PaymentIntent's org is looked up for events without metadata.
     owners: Recipient<FindIntentOwner>,
     metrics: Metrics,
+    /// Only on the actor that opens PaymentIntents.
+    catalog: Option<Catalog>,
 }
 
 impl StripeActor {
@@ -217,87 +78,111 @@ impl StripeActor {
             directory,
             owners,
             metrics,
+            catalog: None,
         }
+    }
+
+    /// Makes this the actor that keeps the catalog in Stripe: it starts on
+    /// the actor's start, in the background, and is retried until Stripe
+    /// has taken every product.
+    pub fn with_catalog(mut self, products: Arc<[Product]>) -> Self {
+        self.catalog = Some(Catalog {
+            pending: products.to_vec(),
+            prices: HashMap::new(),
+            retry_in: CATALOG_RETRY_FIRST,
+        });
+        self
+    }
+
+    fn sync_catalog(&mut self, ctx: &mut Context<Self>) {
+        let Some(catalog) = &self.catalog else { return };
+        let pending = catalog.pending.clone();
+        let api = self.api.clone();
+        let attempt = async move {
+            let mut results = Vec::with_capacity(pending.len());
+            for product in pending {
+                let result = catalog::ensure_product(&api, &product).await;
+                results.push((product, result));
+            }
+            results
+        };
+        // ctx.wait: no PaymentIntent is opened halfway through a pass, so
+        // none carries a Price that the pass is about to deactivate.
+        ctx.wait(attempt.into_actor(self).map(|results, act, ctx| {
+            let Some(catalog) = &mut act.catalog else { return };
+            catalog.pending.clear();
+            let mut last_error = None;
+            for (product, result) in results {
+                match result {
+                    Ok(price_id) => {
+                        catalog.prices.insert(product.sku, price_id);
+                    }
+                    Err(e) => {
+                        last_error = Some(format!("{}: {e}", product.sku));
+                        catalog.pending.push(product);
+                    }
+                }
+            }
+            act.metrics.catalog_pending_products.set(catalog.pending.len() as i64);
+            match last_error {
+                None => tracing::info!(products = catalog.prices.len(), "Stripe catalog in place"),
+                Some(error) => {
+                    let retry_in = catalog.retry_in;
+                    catalog.retry_in = (retry_in * 2).min(CATALOG_RETRY_MAX);
+                    tracing::warn!(
+                        pending = catalog.pending.len(),
+                        %error,
+                        ?retry_in,
+                        "Stripe catalog not in place yet; PaymentIntents go without a price id until it is"
+                    );
+                    ctx.run_later(retry_in, |act, ctx| act.sync_catalog(ctx));
+                }
+            }
+        }));
     }
 }
 
 impl Actor for StripeActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if let Some(catalog) = &self.catalog {
+            self.metrics
+                .catalog_pending_products
+                .set(catalog.pending.len() as i64);
+            self.sync_catalog(ctx);
+        }
+    }
 }
 
 impl Handler<CreatePaymentIntent> for StripeActor {
     type Result = ResponseFuture<Result<OpenIntent, StripeError>>;
 
     fn handle(&mut self, msg: CreatePaymentIntent, _: &mut Context<Self>) -> Self::Result {
-        let StripeApi {
-            client,
-            secret_key,
-            timeout,
-        } = self.api.clone();
+        let api = self.api.clone();
+        let price_id = self
+            .catalog
+            .as_ref()
+            .and_then(|c| c.prices.get(&msg.sku).cloned());
         Box::pin(async move {
-            let currency = msg
-                .currency
-                .parse::<stripe_types::Currency>()
-                .map_err(|_| StripeError(format!("unsupported currency `{}`", msg.currency)))?;
-            let metadata = HashMap::from([
-                ("org_id".to_owned(), msg.org_id.clone()),
-                ("sku".to_owned(), msg.sku.clone()),
-            ]);
-            let key = IdempotencyKey::new(&msg.idempotency_key)
-                .map_err(|e| StripeError(format!("bad idempotency key: {e}")))?;
-            let request = StripeCreatePaymentIntent::new(msg.amount, currency)
-                .metadata(metadata)
-                .customize()
-                .request_strategy(RequestStrategy::Idempotent(key));
-            let intent = match tokio::time::timeout(timeout, request.send(&client)).await {
-                Ok(Ok(intent)) => intent,
-                Ok(Err(e)) => return Err(StripeError(redact(&describe(e), &secret_key))),
-                Err(_) => {
-                    return Err(StripeError(format!(
-                        "Stripe did not answer within {timeout:?}"
-                    )))
-                }
+            let idempotency_key = match &price_id {
+                Some(price_id) => format!("{}:{price_id}", msg.idempotency_key),
+                None => msg.idempotency_key.clone(),
             };
-            let client_secret = intent.client_secret.ok_or_else(|| {
-                StripeError("Stripe returned a PaymentIntent without a client secret".into())
-            })?;
-            tracing::info!(org_id = %msg.org_id, sku = %msg.sku, payment_intent_id = %intent.id.as_str(), "payment intent opened");
-            Ok(OpenIntent {
-                payment_intent_id: intent.id.as_str().to_owned(),
-                client_secret,
-                amount: intent.amount,
-                currency: intent.currency.to_string(),
-            })
+            let intent = api
+                .create_payment_intent(IntentRequest {
+                    org_id: &msg.org_id,
+                    sku: &msg.sku,
+                    amount: msg.amount,
+                    currency: &msg.currency,
+                    price_id: price_id.as_deref(),
+                    idempotency_key: &idempotency_key,
+                })
+                .await?;
+            tracing::info!(org_id = %msg.org_id, sku = %msg.sku, payment_intent_id = %intent.payment_intent_id, price_id = price_id.as_deref().unwrap_or(""), "payment intent opened");
+            Ok(intent)
         })
     }
-}
-
-fn describe(error: ::stripe::StripeError) -> String {
-    match error {
-        ::stripe::StripeError::Stripe(api, status) => format!(
-            "Stripe answered {status}: {}",
-            api.message.as_deref().unwrap_or("no message")
-        ),
-        other => other.to_string(),
-    }
-}
-
-/// Stripe echoes (part of) a rejected key in its message; no key may reach
-/// a client or a log line.
-fn redact(message: &str, secret_key: &str) -> String {
-    message
-        .split(' ')
-        .map(|word| {
-            let is_key = ["sk_", "rk_", "pk_"].iter().any(|p| word.starts_with(p))
-                || (!secret_key.is_empty() && word.contains(secret_key));
-            if is_key {
-                "[redacted]"
-            } else {
-                word
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 impl Handler<Ask<HandleEvent>> for StripeActor {
@@ -437,16 +322,6 @@ pub fn valid_org_id(org_id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redacts_keys_from_messages() {
-        let msg = "Invalid API Key provided: sk_test_abc123 for acct";
-        assert_eq!(
-            redact(msg, "sk_test_abc123"),
-            "Invalid API Key provided: [redacted] for acct"
-        );
-        assert_eq!(redact("key mysecret!", "mysecret"), "key [redacted]");
-    }
 
     #[test]
     fn org_ids_follow_the_contract() {

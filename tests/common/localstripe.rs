@@ -77,11 +77,12 @@ impl LocalStripe {
     pub async fn list_all(&self, path: &str) -> Vec<Value> {
         let mut all = Vec::new();
         let mut after: Option<String> = None;
+        let joiner = if path.contains('?') { '&' } else { '?' };
         loop {
             let page = match &after {
-                None => self.get(&format!("{path}?limit=100")).await,
+                None => self.get(&format!("{path}{joiner}limit=100")).await,
                 Some(id) => {
-                    self.get(&format!("{path}?limit=100&starting_after={id}"))
+                    self.get(&format!("{path}{joiner}limit=100&starting_after={id}"))
                         .await
                 }
             };

@@ -32,6 +32,12 @@ process before starting its aiohttp app:
 * Events carry `request.{id,idempotency_key}` of the API call that caused
   them, GET /v1/events lists newest first, and card declines come back as
   `card_error`, all as real Stripe does.
+* It has Prices (`/v1/prices`), which localstripe lacks: one-time prices
+  of a Product with `unit_amount`, `currency`, `active` and a `lookup_key`
+  that at most one price holds (`transfer_lookup_key` moves it, as on
+  Stripe); listed newest first, filtered by `product`, `active`,
+  `currency` and `lookup_keys[]`. Only what the service's catalog uses
+  (and Stripe documents) is there: no recurring prices, tiers or search.
 
 Only the standard library and localstripe (plus its aiohttp) are used.
 """
@@ -284,6 +290,136 @@ def patch_event(api_version):
 
 
 # --------------------------------------------------------------------------
+# Prices (localstripe has Products and legacy Plans, but no Prices)
+# --------------------------------------------------------------------------
+
+class Price(resources.StripeObject):
+    """A one-time Price, with the fields and rules of Stripe's Prices API
+    that the service's catalog relies on."""
+    object = 'price'
+    _id_prefix = 'price_'
+
+    def __init__(self, product=None, currency=None, unit_amount=None,
+                 lookup_key=None, transfer_lookup_key=False, active=True,
+                 nickname=None, metadata=None, **kwargs):
+        if kwargs:
+            raise UserError(400, 'Received unknown parameter: '
+                            + ', '.join(sorted(kwargs.keys())))
+        unit_amount = resources.try_convert_to_int(unit_amount)
+        active = resources.try_convert_to_bool(active)
+        transfer_lookup_key = resources.try_convert_to_bool(
+            transfer_lookup_key)
+        try:
+            assert type(product) is str and product
+            assert type(currency) is str and len(currency) == 3
+            assert type(unit_amount) is int and unit_amount >= 0
+            assert lookup_key is None or (type(lookup_key) is str
+                                          and 0 < len(lookup_key) <= 200)
+            assert type(active) is bool
+            assert type(transfer_lookup_key) is bool
+        except AssertionError:
+            raise UserError(400, 'Bad request')
+        # Stripe answers 400 (not 404) for a create naming a missing product.
+        if resources.store.get('product:' + product) is None:
+            raise UserError(400, 'No such product: ' + repr(product))
+        holder = _price_with_lookup_key(lookup_key)
+        if holder is not None and not transfer_lookup_key:
+            raise UserError(400, 'A price (`%s`) already uses that lookup '
+                            'key.' % holder.id)
+
+        # All exceptions must be raised before this point.
+        super().__init__()
+        if holder is not None:
+            holder.lookup_key = None
+        self.product = product
+        self.currency = currency.lower()
+        self.unit_amount = unit_amount
+        self.unit_amount_decimal = str(unit_amount)
+        self.lookup_key = lookup_key
+        self.active = active
+        self.nickname = nickname
+        self.metadata = metadata or {}
+        self.type = 'one_time'
+        self.recurring = None
+        self.billing_scheme = 'per_unit'
+        self.tax_behavior = 'unspecified'
+        resources.schedule_webhook(resources.Event('price.created', self))
+
+    @classmethod
+    def _api_update(cls, id, active=None, lookup_key=None,
+                    transfer_lookup_key=False, nickname=None, metadata=None,
+                    **kwargs):
+        if kwargs:
+            raise UserError(400, 'Received unknown parameter: '
+                            + ', '.join(sorted(kwargs.keys())))
+        obj = cls._api_retrieve(id)
+        active = resources.try_convert_to_bool(active)
+        transfer_lookup_key = resources.try_convert_to_bool(
+            transfer_lookup_key)
+        if active is not None and type(active) is not bool:
+            raise UserError(400, 'Bad request')
+        if lookup_key == '':  # Stripe: an empty string unsets it
+            lookup_key = None
+            obj.lookup_key = None
+        holder = _price_with_lookup_key(lookup_key)
+        if holder is not None and holder is not obj:
+            if not transfer_lookup_key:
+                raise UserError(400, 'A price (`%s`) already uses that '
+                                'lookup key.' % holder.id)
+            holder.lookup_key = None
+        if lookup_key is not None:
+            obj.lookup_key = lookup_key
+        if active is not None:
+            obj.active = active
+        if nickname is not None:
+            obj.nickname = nickname
+        if metadata:
+            obj.metadata.update(metadata)
+        resources.schedule_webhook(resources.Event('price.updated', obj))
+        return obj
+
+    @classmethod
+    def _api_list_all(cls, url, product=None, active=None, currency=None,
+                      lookup_keys=None, limit=None, starting_after=None,
+                      **kwargs):
+        if kwargs:
+            raise UserError(400, 'Received unknown parameter: '
+                            + ', '.join(sorted(kwargs.keys())))
+        active = resources.try_convert_to_bool(active)
+        if isinstance(lookup_keys, str):
+            lookup_keys = [lookup_keys]
+        li = super()._api_list_all(url, limit=limit,
+                                   starting_after=starting_after)
+        li._list = [p for p in reversed(li._list)  # newest first, as Stripe
+                    if (product is None or p.product == product)
+                    and (active is None or p.active == active)
+                    and (currency is None or p.currency == currency)
+                    and (lookup_keys is None or p.lookup_key in lookup_keys)]
+        return li
+
+
+def _price_with_lookup_key(lookup_key):
+    if lookup_key is None:
+        return None
+    for key, obj in resources.store.items():
+        if key.startswith('price:') and obj.lookup_key == lookup_key:
+            return obj
+    return None
+
+
+def add_price_routes():
+    """The same five routes localstripe gives its own resources. The app is
+    not frozen until run_app, so routes can still be added."""
+    url = '/v1/prices'
+    for method, path, make in (
+            ('POST', url, server.api_create),
+            ('GET', url + '/{id}', server.api_retrieve),
+            ('POST', url + '/{id}', server.api_update),
+            ('GET', url, server.api_list_all)):
+        server.app.router.add_route(method, path, make(Price, path))
+
+
+# --------------------------------------------------------------------------
 # Idempotency-Key support + request context
 # --------------------------------------------------------------------------
 
@@ -427,6 +563,7 @@ def main():
     patch_state_file(os.path.abspath(state_file))
     patch_payment_intent()
     patch_event(args.api_version)
+    add_price_routes()
     # The app is not frozen until run_app, so its middleware list can still
     # change. Index 0 makes ours the outermost.
     server.app.middlewares.insert(0, request_middleware)
