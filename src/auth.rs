@@ -72,11 +72,17 @@ pub struct Caller {
 pub struct StreamCaller(pub Caller);
 
 fn bearer(req: &HttpRequest) -> Option<&str> {
-    req.headers()
-        .get(actix_web::http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
+    bearer_token(
+        req.headers()
+            .get(actix_web::http::header::AUTHORIZATION)?
+            .to_str()
+            .ok()?,
+    )
+}
+
+/// The token of an `Authorization` header value, `Bearer <token>`.
+pub fn bearer_token(authorization: &str) -> Option<&str> {
+    authorization.strip_prefix("Bearer ")
 }
 
 fn authenticate(req: &HttpRequest, token: Option<&str>) -> Result<Caller, ApiError> {

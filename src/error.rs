@@ -18,8 +18,10 @@ pub enum ApiError {
     AlreadyEntitled(String),
     #[error("not found")]
     NotFound,
-    #[error("method not allowed")]
-    MethodNotAllowed,
+    /// The path exists; `allow` is the methods it answers (RFC 9110: a 405
+    /// carries them in `Allow`).
+    #[error("method not allowed; this path answers {allow}")]
+    MethodNotAllowed { allow: &'static str },
     #[error("{0}")]
     InvalidSignature(String),
     #[error("{0}")]
@@ -46,7 +48,7 @@ impl ApiError {
             ApiError::UnknownSku(_) => "unknown_sku",
             ApiError::AlreadyEntitled(_) => "already_entitled",
             ApiError::NotFound => "not_found",
-            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::InvalidSignature(_) => "invalid_signature",
             ApiError::InvalidPayload(_) => "invalid_payload",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
@@ -69,7 +71,7 @@ impl ResponseError for ApiError {
             | ApiError::InvalidPayload(_) => StatusCode::BAD_REQUEST,
             ApiError::AlreadyEntitled(_) => StatusCode::CONFLICT,
             ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Stripe(_) => StatusCode::BAD_GATEWAY,
@@ -83,8 +85,14 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status_code());
         // The rest of a body that never came is not waited for: the
         // connection is closed with the answer.
-        if let ApiError::RequestTimeout(_) = self {
-            response.force_close();
+        match self {
+            ApiError::RequestTimeout(_) => {
+                response.force_close();
+            }
+            ApiError::MethodNotAllowed { allow } => {
+                response.insert_header((actix_web::http::header::ALLOW, *allow));
+            }
+            _ => {}
         }
         response.json(json!({ "error": { "code": self.code(), "message": self.to_string() } }))
     }

@@ -7,14 +7,13 @@
 
 #![allow(dead_code)] // schema-only types: described, never built
 
+use actix_web::{web, HttpResponse};
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
-
-use actix_web::HttpResponse;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
 use crate::routes;
+use crate::startup::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -40,7 +39,7 @@ use crate::routes;
         routes::stream::stream,
         routes::webhook::stripe_webhook,
     ),
-    components(schemas(ErrorBody, Snapshot, EntitlementsChanged, PaymentFailed)),
+    components(schemas(ErrorBody, Snapshot, EntitlementsChanged, PaymentFailed, StreamEvent)),
     modifiers(&Security),
     tags(
         (name = "billing", description = "Products and payments."),
@@ -83,14 +82,12 @@ impl Modify for Security {
     }
 }
 
-/// The document, rendered once.
-pub fn document() -> &'static str {
-    static DOCUMENT: OnceLock<String> = OnceLock::new();
-    DOCUMENT.get_or_init(|| {
-        ApiDoc::openapi()
-            .to_pretty_json()
-            .expect("the OpenAPI document serialises")
-    })
+/// The document for this service, with its configured SKUs as the enum of
+/// every request's `sku` (rendered once, at start).
+pub fn document(skus: &[String]) -> String {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serialises");
+    doc["components"]["schemas"]["SkuBody"]["properties"]["sku"]["enum"] = serde_json::json!(skus);
+    serde_json::to_string_pretty(&doc).expect("the OpenAPI document serialises")
 }
 
 /// This document: the service's contract in OpenAPI 3.1.
@@ -103,10 +100,10 @@ pub fn document() -> &'static str {
             content_type = "application/json"),
     ),
 )]
-pub async fn openapi_json() -> HttpResponse {
+pub async fn openapi_json(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
-        .body(document())
+        .body(state.openapi.clone())
 }
 
 /// Every non-2xx JSON answer.
@@ -152,10 +149,37 @@ pub struct Entitlements(BTreeMap<String, bool>);
 #[into_params(parameter_in = Header, names("Last-Event-ID"))]
 pub struct LastEventId(
     /// The `id` (`seq`) of the last event received: the stream resumes after
-    /// it when the missed events are still known, else starts from a snapshot.
+    /// it when the missed events are still known, else starts from a
+    /// snapshot; an id the service never issued also starts from a snapshot,
+    /// so any value is accepted.
     #[param(nullable = false)]
-    Option<u64>,
+    Option<String>,
 );
+
+/// One event of `GET /v1/stream`, as a client parses it.
+#[derive(ToSchema)]
+pub struct StreamEvent {
+    event: StreamEventName,
+    /// The org's `seq` after the event, as a decimal string.
+    #[schema(example = "3")]
+    id: String,
+    /// JSON: `Snapshot`, `EntitlementsChanged` or `PaymentFailed`, by `event`.
+    #[schema(
+        content_media_type = "application/json",
+        example = "{\"orgId\":\"acme\",\"entitlements\":{\"compliance-pack\":true},\"seq\":3}"
+    )]
+    data: String,
+}
+
+#[derive(ToSchema)]
+pub enum StreamEventName {
+    #[schema(rename = "org.entitlements.snapshot")]
+    Snapshot,
+    #[schema(rename = "org.entitlements.changed")]
+    Changed,
+    #[schema(rename = "org.payment.failed")]
+    PaymentFailed,
+}
 
 /// One recorded action of an org.
 #[derive(ToSchema)]
@@ -235,10 +259,10 @@ pub struct PaymentFailed {
 /// A Stripe event, of which the service reads `id`, `type` and `data.object`.
 #[derive(ToSchema)]
 pub struct StripeEvent {
-    #[schema(example = "evt_1NG8Du2eZvKYlo2CUI79vXWy")]
+    #[schema(example = "evt_1NG8Du2eZvKYlo2CUI79vXWy", min_length = 1)]
     id: String,
     /// e.g. `payment_intent.succeeded`; types not acted on are acknowledged.
-    #[schema(rename = "type", example = "payment_intent.succeeded")]
+    #[schema(rename = "type", example = "payment_intent.succeeded", min_length = 1)]
     event_type: String,
     data: StripeEventData,
 }

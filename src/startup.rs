@@ -42,6 +42,8 @@ pub struct AppState {
     pub hub: Addr<SseHub>,
     pub persistence: Addr<PersistenceActor>,
     pub metrics: Metrics,
+    /// `GET /openapi.json`, rendered with the configured SKUs.
+    pub openapi: String,
 }
 
 pub struct Application {
@@ -212,7 +214,9 @@ impl Application {
 
         let (closing_tx, closing) = watch::channel(false);
         let (worker_reader, worker_metrics) = (reader.clone(), metrics.clone());
+        let skus: Vec<String> = products.iter().map(|p| p.sku.clone()).collect();
         let state = web::Data::new(AppState {
+            openapi: crate::openapi::document(&skus),
             settings: settings.clone(),
             closing,
             products,

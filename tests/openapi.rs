@@ -305,6 +305,23 @@ async fn every_documented_operation_exists() {
                 }
                 let res = request(&app, method, path).await;
                 assert_eq!(res.status(), 405, "{method} {path} is not documented");
+                // RFC 9110: a 405 names the methods the path answers.
+                let documented: BTreeSet<String> = ops
+                    .iter()
+                    .filter(|(_, p)| p == path)
+                    .map(|(m, _)| m.to_uppercase())
+                    .collect();
+                let allow = res
+                    .headers()
+                    .get("allow")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                let allowed: BTreeSet<String> = allow
+                    .as_deref()
+                    .unwrap_or_else(|| panic!("{method} {path}: 405 without Allow"))
+                    .split(',')
+                    .map(|m| m.trim().to_owned())
+                    .collect();
+                assert_eq!(allowed, documented, "{method} {path}: Allow");
                 let body: Value = res.json().await.unwrap();
                 assert_eq!(body["error"]["code"], "method_not_allowed");
             }
@@ -442,6 +459,48 @@ async fn auth_headers_and_media_types_are_documented() {
         let signature = parameter(&doc, "post", "/webhooks/stripe", "Stripe-Signature");
         assert_eq!(signature["in"], "header");
         assert_eq!(signature["required"], true);
+        // A fixed signature is always outside the tolerance: offering one
+        // as an example would offer a request that cannot work.
+        assert!(
+            signature.get("example").is_none()
+                && signature["schema"].get("example").is_none()
+                && signature.get("examples").is_none(),
+            "{signature}"
+        );
+
+        // Every `sku` a request takes is one of the configured SKUs.
+        let sku_body = &doc["components"]["schemas"]["SkuBody"];
+        assert_eq!(
+            sku_body["properties"]["sku"]["enum"],
+            json!([SKU, OTHER_SKU])
+        );
+        for path in [
+            "/v1/billing/payment-intents",
+            "/v1/billing/simulate-success",
+        ] {
+            let body = &operation(&doc, "post", path)["requestBody"]["content"]["application/json"]
+                ["schema"];
+            assert_eq!(resolve(&doc, body), sku_body, "POST {path}");
+        }
+
+        // Each stream event as a client parses it: `event`, `id`, JSON `data`.
+        let event = resolve(
+            &doc,
+            &stream["responses"]["200"]["content"]["text/event-stream"]["schema"],
+        );
+        let names = resolve(&doc, &event["properties"]["event"]);
+        assert_eq!(
+            names["enum"],
+            json!([
+                "org.entitlements.snapshot",
+                "org.entitlements.changed",
+                "org.payment.failed"
+            ])
+        );
+        assert_eq!(
+            event["properties"]["data"]["contentMediaType"],
+            "application/json"
+        );
         assert!(operation(&doc, "post", "/webhooks/stripe")
             .get("security")
             .is_none());

@@ -106,9 +106,10 @@ impl StripeActor {
             }
             results
         };
-        // ctx.wait: no PaymentIntent is opened halfway through a pass, so
-        // none carries a Price that the pass is about to deactivate.
-        ctx.wait(attempt.into_actor(self).map(|results, act, ctx| {
+        // Beside the actor's other work, not in its way: a Stripe that hangs
+        // must not hold up PaymentIntents or reconciliation. One pass at a
+        // time: the next is scheduled only when this one is done.
+        ctx.spawn(attempt.into_actor(self).map(|results, act, ctx| {
             let Some(catalog) = &mut act.catalog else { return };
             catalog.pending.clear();
             let mut last_error = None;

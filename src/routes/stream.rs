@@ -36,8 +36,7 @@ use crate::startup::AppState;
     params(crate::openapi::LastEventId),
     responses(
         (status = 200, description = "A `text/event-stream` of the org's events.",
-            body = String, content_type = "text/event-stream",
-            example = "event: org.entitlements.snapshot\nid: 3\ndata: {\"orgId\":\"acme\",\"entitlements\":{\"compliance-pack\":true},\"seq\":3}\n\n"),
+            body = crate::openapi::StreamEvent, content_type = "text/event-stream"),
         (status = 401, description = "`unauthorized`: the access token (header or `access_token`) is missing, malformed, badly signed or expired.",
             body = crate::openapi::ErrorBody),
         (status = 503, description = "`overloaded` (the org's mailbox is full) or `persistence_unavailable` (the org could not be loaded).",

@@ -35,8 +35,10 @@ pub struct Received {
     tag = "webhooks",
     params(
         ("Stripe-Signature" = String, Header,
-            description = "`t=<unix>,v1=<hex>[,v1=<hex>...]`: the signature of the raw body.",
-            example = "t=1700000000,v1=5257a869e7ecebeda32affa62cdca3fa51cad7e77a0e56ff536d0ce8e108d8bd"),
+            description = "`t=<unix>,v1=<hex>[,v1=<hex>...]`: `t` the time of signing (within \
+                `stripe.tolerance_secs` of now), each `v1` the hex HMAC-SHA256 of `\"{t}.{raw body}\"` \
+                with a webhook secret. No example is given: a fixed one would be outside the \
+                tolerance, and only the secret's holder can make a valid one."),
     ),
     request_body(content = crate::openapi::StripeEvent, content_type = "application/json",
         description = "A Stripe event, signed as sent by Stripe (at most `server.max_body_bytes`)."),
