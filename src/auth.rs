@@ -90,7 +90,7 @@ fn authenticate(req: &HttpRequest, token: Option<&str>) -> Result<Caller, ApiErr
         .app_data::<web::Data<AppState>>()
         .expect("AppState is registered");
     let token = token.ok_or_else(|| ApiError::Unauthorized("missing access token".into()))?;
-    let claims = verify_token(&state.settings.auth.jwt_secret, token)?;
+    let claims = verify_token(state.settings.auth.jwt_secret.expose(), token)?;
     Ok(Caller {
         org_id: claims.org,
         expires_at: claims.exp,

@@ -55,16 +55,16 @@ pub struct ServerSettings {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSettings {
-    pub jwt_secret: String,
+    pub jwt_secret: Secret,
 }
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StripeSettings {
-    pub secret_key: String,
+    pub secret_key: Secret,
     pub publishable_key: String,
     #[serde(deserialize_with = "one_or_many")]
-    pub webhook_secrets: Vec<String>,
+    pub webhook_secrets: Vec<Secret>,
     pub api_base: String,
     pub tolerance_secs: u64,
     pub reconcile_interval_secs: u64,
@@ -91,7 +91,7 @@ pub struct ClickHouseSettings {
     pub url: String,
     pub database: String,
     pub user: String,
-    pub password: String,
+    pub password: Secret,
     pub table: String,
 }
 
@@ -188,7 +188,7 @@ impl Default for ServerSettings {
 impl Default for AuthSettings {
     fn default() -> Self {
         Self {
-            jwt_secret: DEVELOPMENT_JWT_SECRET.into(),
+            jwt_secret: Secret::new(DEVELOPMENT_JWT_SECRET),
         }
     }
 }
@@ -196,9 +196,9 @@ impl Default for AuthSettings {
 impl Default for StripeSettings {
     fn default() -> Self {
         Self {
-            secret_key: PLACEHOLDER_SECRET_KEY.into(),
+            secret_key: Secret::new(PLACEHOLDER_SECRET_KEY),
             publishable_key: "pk_test_...".into(),
-            webhook_secrets: vec![PLACEHOLDER_WEBHOOK_SECRET.into()],
+            webhook_secrets: vec![Secret::new(PLACEHOLDER_WEBHOOK_SECRET)],
             api_base: "https://api.stripe.com".into(),
             tolerance_secs: 300,
             reconcile_interval_secs: 300,
@@ -221,7 +221,7 @@ impl Default for ClickHouseSettings {
             url: "http://127.0.0.1:8123".into(),
             database: "default".into(),
             user: "default".into(),
-            password: String::new(),
+            password: Secret::default(),
             table: "actions".into(),
         }
     }
@@ -278,7 +278,7 @@ impl Default for LoggingSettings {
 }
 
 /// `webhook_secrets` as a TOML array, or as one string (comma-separated) from the environment.
-fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Secret>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum OneOrMany {
@@ -286,8 +286,8 @@ fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
         Many(Vec<String>),
     }
     Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::One(s) => s.split(',').map(|p| p.trim().to_owned()).collect(),
-        OneOrMany::Many(v) => v,
+        OneOrMany::One(s) => s.split(',').map(|p| Secret::new(p.trim())).collect(),
+        OneOrMany::Many(v) => v.into_iter().map(Secret::new).collect(),
     })
 }
 
@@ -353,18 +353,18 @@ impl Settings {
             let development = [
                 (
                     "auth.jwt_secret",
-                    self.auth.jwt_secret == DEVELOPMENT_JWT_SECRET,
+                    self.auth.jwt_secret.expose() == DEVELOPMENT_JWT_SECRET,
                 ),
                 (
                     "stripe.secret_key",
-                    self.stripe.secret_key == PLACEHOLDER_SECRET_KEY,
+                    self.stripe.secret_key.expose() == PLACEHOLDER_SECRET_KEY,
                 ),
                 (
                     "stripe.webhook_secrets",
                     self.stripe
                         .webhook_secrets
                         .iter()
-                        .any(|s| s == PLACEHOLDER_WEBHOOK_SECRET),
+                        .any(|s| s.expose() == PLACEHOLDER_WEBHOOK_SECRET),
                 ),
             ];
             if let Some((key, _)) = development
@@ -375,7 +375,7 @@ impl Settings {
             }
         }
         if self.stripe.webhook_secrets.is_empty()
-            || self.stripe.webhook_secrets.iter().any(String::is_empty)
+            || self.stripe.webhook_secrets.iter().any(Secret::is_empty)
         {
             return fail(
                 "stripe.webhook_secrets",
@@ -518,22 +518,44 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(s.stripe.secret_key, "sk_env");
+        assert_eq!(s.stripe.secret_key.expose(), "sk_env");
         assert_eq!(s.persistence.batch_max_ms, 5);
-        assert_eq!(s.stripe.webhook_secrets, vec!["whsec_a", "whsec_b"]);
+        let secrets: Vec<&str> = s
+            .stripe
+            .webhook_secrets
+            .iter()
+            .map(Secret::expose)
+            .collect();
+        assert_eq!(secrets, vec!["whsec_a", "whsec_b"]);
     }
 
     #[test]
-    fn printing_the_settings_never_shows_the_nats_password() {
+    fn printing_the_settings_never_shows_a_secret() {
+        let secrets = [
+            "jwt-s3cret-value",
+            "sk_live_s3cret",
+            "whsec_s3cret_one",
+            "whsec_s3cret_two",
+            "clickhouse-pa55word",
+            "nats-pa55word",
+        ];
         let s = Settings::from_toml(
-            "[jetstream]\nuser = \"svc\"\npassword = \"nats-pa55word\"\n",
+            &format!(
+                "[auth]\njwt_secret = \"{}\"\n[stripe]\nsecret_key = \"{}\"\n\
+                 webhook_secrets = [\"{}\", \"{}\"]\n[clickhouse]\npassword = \"{}\"\n\
+                 [jetstream]\nuser = \"svc\"\npassword = \"{}\"\n",
+                secrets[0], secrets[1], secrets[2], secrets[3], secrets[4], secrets[5]
+            ),
             env(&[]),
         )
         .unwrap();
-        assert_eq!(s.jetstream.password.expose(), "nats-pa55word");
-        let printed = format!("{s:?}");
-        assert!(!printed.contains("nats-pa55word"), "{printed}");
-        assert!(printed.contains("<redacted>"));
+        assert_eq!(s.auth.jwt_secret.expose(), secrets[0]);
+        assert_eq!(s.jetstream.password.expose(), secrets[5]);
+        let printed = format!("{s:?} {s:#?}");
+        for secret in secrets {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
+        assert_eq!(printed.matches("<redacted>").count(), 2 * secrets.len());
     }
 
     #[test]

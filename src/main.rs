@@ -48,7 +48,10 @@ fn main() -> std::process::ExitCode {
                 eprintln!("--org must be 1 to 64 of A-Za-z0-9_-");
                 return std::process::ExitCode::from(2);
             }
-            println!("{}", issue_token(&settings.auth.jwt_secret, &org, ttl_secs));
+            println!(
+                "{}",
+                issue_token(settings.auth.jwt_secret.expose(), &org, ttl_secs)
+            );
             std::process::ExitCode::SUCCESS
         }
         None => serve(settings),

@@ -73,7 +73,7 @@ impl Application {
         let store = open_store(&settings).await?;
         let metrics = Metrics::new();
         let stripe_settings = StripeSettings {
-            secret_key: actors::secret::Secret::new(settings.stripe.secret_key.clone()),
+            secret_key: settings.stripe.secret_key.clone(),
             api_base: settings.stripe.api_base.clone(),
             timeout: STRIPE_TIMEOUT,
         };

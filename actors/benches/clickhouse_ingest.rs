@@ -144,7 +144,7 @@ impl Server {
             url: self.url.clone(),
             database: String::new(),
             user: self.user.clone(),
-            password: self.password.clone(),
+            password: actors::secret::Secret::new(self.password.clone()),
             table: table.to_owned(),
             timeout: Duration::from_secs(60),
         };

@@ -42,7 +42,7 @@ struct Fixture {
     body: Vec<u8>,
     now: i64,
     header: String,
-    secrets: Vec<String>,
+    secrets: Vec<actors::secret::Secret>,
 }
 
 impl Fixture {
@@ -51,7 +51,10 @@ impl Fixture {
         let now = 1_795_724_616;
         let header = signature::sign(&body, SECRET, now);
         // The matching secret second, as while a secret is rotated.
-        let secrets = vec!["whsec_rotated_out".to_string(), SECRET.to_string()];
+        let secrets = vec![
+            actors::secret::Secret::new("whsec_rotated_out"),
+            actors::secret::Secret::new(SECRET),
+        ];
         Self {
             body,
             now,

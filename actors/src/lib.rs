@@ -1,8 +1,37 @@
 //! The actors behind the entitlements service. This crate knows nothing of
 //! HTTP: the service translates requests into the messages defined here.
 //!
-//! An event takes one path: StripeActor → OrgActor → PersistenceActor
-//! (durable) → the org's ledger → SseHub.
+//! # Life of a webhook
+//!
+//! An event takes one path, and its 200 waits for step 5:
+//!
+//! 1. The service's route checks `Stripe-Signature` with
+//!    [`signature::verify`] and reads the event with [`stripe_event::parse`]
+//!    into a [`stripe_event::StripeEvent`], whose [`stripe_event::EventEffect`]
+//!    is all that the rest of the path needs.
+//! 2. It asks its worker's [`stripe::StripeActor`] with
+//!    [`stripe::HandleEvent`]. The actor finds the org: from the event's
+//!    metadata, else (a refund or dispute without it) from the live org
+//!    actors ([`live_intents::LiveIntents`]), the store
+//!    ([`store_reader::FindIntentOwner`]) or Stripe
+//!    ([`stripe_api::StripeApi::payment_intent_owner`]). An event that names
+//!    no org of ours is answered [`org::Outcome::Ignored`].
+//! 3. [`directory::OrgDirectory::ask`] hands [`org::ApplyPayment`] or
+//!    [`org::ApplyRevocation`] to the org's [`org::OrgActor`], started (and
+//!    loaded from the store) if it is not live.
+//! 4. The org actor decides against its [`ledger::Ledger`]: a duplicate or an
+//!    event with nothing to change is answered at once; otherwise the
+//!    actions to write.
+//! 5. The actions become durable: through the
+//!    [`persistence::PersistenceActor`]'s group commit into SQLite or
+//!    ClickHouse ([`store::ActionStore`]), or on the `jetstream` backend by
+//!    the org actor's own append
+//!    ([`store::jetstream::JetStreamStore::append`]), which the stream
+//!    refuses if another node wrote the org first.
+//! 6. Only then the ledger takes them, the request is answered, and the
+//!    change goes to browsers: [`sse_hub::Publish`] to the
+//!    [`sse_hub::SseHub`] (and, with many nodes, to every node's org actor
+//!    through the stream's [`follower`]).
 
 pub mod ask;
 pub mod catalog;

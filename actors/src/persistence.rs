@@ -488,7 +488,7 @@ mod tests {
             url: format!("http://127.0.0.1:{port}"),
             database: String::new(),
             user: String::new(),
-            password: String::new(),
+            password: crate::secret::Secret::default(),
             table: "actions".into(),
             timeout: Duration::from_secs(5),
         })

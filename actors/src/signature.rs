@@ -9,6 +9,8 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use crate::secret::Secret;
+
 type HmacSha256 = Hmac<Sha256>;
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -29,7 +31,7 @@ pub enum SignatureError {
 pub fn verify(
     header: Option<&str>,
     body: &[u8],
-    secrets: &[String],
+    secrets: &[Secret],
     tolerance_secs: u64,
     now: i64,
 ) -> Result<(), SignatureError> {
@@ -62,7 +64,8 @@ pub fn verify(
         return Err(SignatureError::OutsideTolerance);
     }
     for secret in secrets {
-        let mut mac = HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
+        let mut mac =
+            HmacSha256::new_from_slice(secret.expose().as_bytes()).expect("HMAC takes any key");
         mac.update(timestamp.to_string().as_bytes());
         mac.update(b".");
         mac.update(body);
@@ -94,8 +97,8 @@ mod tests {
     const NOW: i64 = 1_700_000_000;
     const BODY: &[u8] = br#"{"id":"evt_1"}"#;
 
-    fn secrets() -> Vec<String> {
-        vec!["whsec_old".into(), "whsec_new".into()]
+    fn secrets() -> Vec<Secret> {
+        vec![Secret::new("whsec_old"), Secret::new("whsec_new")]
     }
 
     #[test]

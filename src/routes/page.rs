@@ -26,7 +26,7 @@ pub async fn page(state: web::Data<AppState>) -> HttpResponse {
     let (token, environment) = match state.settings.server.environment {
         Environment::Development => (
             issue_token(
-                &state.settings.auth.jwt_secret,
+                state.settings.auth.jwt_secret.expose(),
                 DEMO_ORG,
                 DEMO_TOKEN_TTL_SECS,
             ),

@@ -17,7 +17,6 @@
 //! column.
 
 use std::collections::{HashMap, HashSet};
-use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,8 +27,9 @@ use tokio::sync::Semaphore;
 
 use super::{PaymentIntentOwner, StoreError};
 use crate::model::{Action, ActionKind, ActionStatus};
+use crate::secret::Secret;
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct ClickHouseSettings {
     /// HTTP(S) endpoint, e.g. `http://127.0.0.1:8123`.
     pub url: String,
@@ -37,25 +37,11 @@ pub struct ClickHouseSettings {
     pub database: String,
     /// Empty means `default`.
     pub user: String,
-    pub password: String,
+    pub password: Secret,
     /// Must match `[A-Za-z0-9_]+`: it is the one thing put into SQL as text.
     pub table: String,
     /// Upper bound on every operation, connecting included.
     pub timeout: Duration,
-}
-
-/// Written by hand so that logging the settings never prints the password.
-impl fmt::Debug for ClickHouseSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClickHouseSettings")
-            .field("url", &self.url)
-            .field("database", &self.database)
-            .field("user", &self.user)
-            .field("password", &"<redacted>")
-            .field("table", &self.table)
-            .field("timeout", &self.timeout)
-            .finish()
-    }
 }
 
 #[derive(Clone)]
@@ -64,7 +50,7 @@ pub struct ClickHouseStore {
     table: String,
     timeout: Duration,
     /// Kept only to scrub it from error messages, in case anything echoes it.
-    password: String,
+    password: Secret,
     /// Caps the queries in flight: thousands of orgs loading at once would
     /// otherwise overrun the server's own limit and all time out; queued
     /// ones wait their turn within the same timeout.
@@ -179,7 +165,7 @@ impl ClickHouseStore {
         };
         client = client.with_user(user);
         if !settings.password.is_empty() {
-            client = client.with_password(&settings.password);
+            client = client.with_password(settings.password.expose());
         }
 
         Ok(ClickHouseStore {
@@ -460,7 +446,7 @@ impl ClickHouseStore {
         let message = if self.password.is_empty() {
             message
         } else {
-            message.replace(&self.password, "<redacted>")
+            message.replace(self.password.expose(), "<redacted>")
         };
         Err(StoreError::Unavailable(message))
     }

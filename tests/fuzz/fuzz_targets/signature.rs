@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
         Some(i) => (&data[..i], &data[i + 1..]),
         None => (data, &[][..]),
     };
-    let secrets = [SECRET.to_owned()];
+    let secrets = [actors::secret::Secret::new(SECRET)];
     if let Ok(header) = std::str::from_utf8(header) {
         // Whatever the header, the answer is a verdict, not a panic; a
         // header the fuzzer made cannot carry this secret's HMAC.
