@@ -247,3 +247,74 @@ async fn kill_9_mid_load_then_redelivery_until_2xx_ends_exactly_as_the_events_sa
     drop(service);
     check_store(dir, 300, &[]).await;
 }
+
+/// With `logging.format = "json"` and `RUST_LOG=debug`, every line about one
+/// webhook carries its `event_id` and its `org_id`: the route's, the
+/// StripeActor's (which finds the org) and the org actor's (which records
+/// the action) alike.
+#[tokio::test]
+async fn one_webhooks_log_lines_all_carry_its_event_id_and_org_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(dir.path(), port, "[logging]\nformat = \"json\"\n");
+    let mut service = Service::start_with_stdout(
+        &config,
+        port,
+        &[("RUST_LOG", "debug")],
+        std::process::Stdio::piped(),
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let (event_id, org) = ("evt_log_path_1", "org_log_path");
+    let payment = succeeded(event_id, "pi_log_path_1", org);
+    assert_eq!(send(&client, &service.base, &payment).await, Some(200));
+    // A refund without metadata: its org is found on the way, not named.
+    let refund = refunded("evt_log_path_2", "pi_log_path_1", None);
+    assert_eq!(send(&client, &service.base, &refund).await, Some(200));
+    service.signal("TERM");
+    let mut stdout = service.child.stdout.take().unwrap();
+    let output = tokio::task::spawn_blocking(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut text).unwrap();
+        assert_eq!(service.child.wait().unwrap().code(), Some(0));
+        std::mem::forget(service); // already reaped
+        text
+    })
+    .await
+    .unwrap();
+
+    let lines: Vec<Value> = output
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    for event_id in [event_id, "evt_log_path_2"] {
+        let of_event: Vec<&Value> = lines
+            .iter()
+            .filter(|l| l.to_string().contains(event_id))
+            .collect();
+        let field = |line: &Value, name: &str| {
+            line["span"][name]
+                .as_str()
+                .or(line["fields"][name].as_str())
+                .map(str::to_owned)
+        };
+        for line in &of_event {
+            assert_eq!(field(line, "event_id").as_deref(), Some(event_id), "{line}");
+            assert_eq!(field(line, "org_id").as_deref(), Some(org), "{line}");
+        }
+        let targets: std::collections::BTreeSet<&str> = of_event
+            .iter()
+            .filter_map(|l| l["target"].as_str())
+            .collect();
+        for target in [
+            "entitlements::routes::webhook",
+            "actors::stripe",
+            "actors::org",
+        ] {
+            assert!(
+                targets.contains(target),
+                "{event_id}: no line from {target} among {targets:?}"
+            );
+        }
+    }
+}

@@ -21,6 +21,10 @@ pub trait Request: Send + 'static {
 pub struct Ask<R: Request> {
     pub request: R,
     pub reply: oneshot::Sender<R::Answer>,
+    /// The asker's span: an actor does not run in its caller's context, so
+    /// the handler enters this one to keep one request's log lines together
+    /// (a webhook's `event_id` and `org_id`, from route to write).
+    pub span: tracing::Span,
 }
 
 impl<R: Request> Message for Ask<R> {
@@ -99,7 +103,11 @@ impl<A: Actor> Bounded<A> {
         if !self.addr.connected() {
             return Err(AskError::Stopped(request));
         }
-        self.addr.do_send(Ask { request, reply });
+        self.addr.do_send(Ask {
+            request,
+            reply,
+            span: tracing::Span::current(),
+        });
         answer.await.map_err(|_| AskError::Dropped)
     }
 }

@@ -701,7 +701,16 @@ impl Actor for OrgActor {
 impl Handler<Ask<ApplyPayment>> for OrgActor {
     type Result = ();
 
-    fn handle(&mut self, Ask { request: r, reply }: Ask<ApplyPayment>, ctx: &mut Context<Self>) {
+    fn handle(
+        &mut self,
+        Ask {
+            request: r,
+            reply,
+            span,
+        }: Ask<ApplyPayment>,
+        ctx: &mut Context<Self>,
+    ) {
+        let _entered = span.enter();
         let seq = match self.ledger_ahead(ctx) {
             Err(e) => return drop(reply.send(Err(e))),
             Ok(l)
@@ -750,7 +759,16 @@ impl Handler<Ask<ApplyPayment>> for OrgActor {
 impl Handler<Ask<ApplyRevocation>> for OrgActor {
     type Result = ();
 
-    fn handle(&mut self, Ask { request: r, reply }: Ask<ApplyRevocation>, ctx: &mut Context<Self>) {
+    fn handle(
+        &mut self,
+        Ask {
+            request: r,
+            reply,
+            span,
+        }: Ask<ApplyRevocation>,
+        ctx: &mut Context<Self>,
+    ) {
+        let _entered = span.enter();
         let (seq, sku) = match self.ledger_ahead(ctx) {
             Err(e) => return drop(reply.send(Err(e))),
             Ok(l) if l.has_applied_event(&r.event_id) => {
@@ -777,6 +795,7 @@ impl Handler<Ask<ApplyRevocation>> for OrgActor {
                     return drop(reply.send(Err(OrgError::Stale)));
                 }
                 let (org_id, after) = (self.org_id.clone(), self.log_seq);
+                let waiting_span = span.clone();
                 ctx.wait(
                     async move { js.org_messages_after(&org_id, after).await }
                         .into_actor(self)
@@ -791,7 +810,14 @@ impl Handler<Ask<ApplyRevocation>> for OrgActor {
                                     log_checked: true,
                                     ..r
                                 };
-                                act.handle(Ask { request, reply }, ctx);
+                                act.handle(
+                                    Ask {
+                                        request,
+                                        reply,
+                                        span: waiting_span,
+                                    },
+                                    ctx,
+                                );
                             }
                             Err(e) => {
                                 let _ = reply
@@ -827,7 +853,13 @@ impl Handler<Ask<ApplyRevocation>> for OrgActor {
 impl Handler<Ask<SimulatePayment>> for OrgActor {
     type Result = ();
 
-    fn handle(&mut self, Ask { request: r, reply }: Ask<SimulatePayment>, ctx: &mut Context<Self>) {
+    fn handle(
+        &mut self,
+        Ask {
+            request: r, reply, ..
+        }: Ask<SimulatePayment>,
+        ctx: &mut Context<Self>,
+    ) {
         let Some(product) = self.product(&r.sku).cloned() else {
             return drop(reply.send(Err(OrgError::UnknownSku(r.sku))));
         };
@@ -875,7 +907,9 @@ impl Handler<Ask<OpenPaymentIntent>> for OrgActor {
 
     fn handle(
         &mut self,
-        Ask { request: r, reply }: Ask<OpenPaymentIntent>,
+        Ask {
+            request: r, reply, ..
+        }: Ask<OpenPaymentIntent>,
         ctx: &mut Context<Self>,
     ) {
         let Some(product) = self.product(&r.sku).cloned() else {
@@ -925,7 +959,13 @@ impl Handler<Ask<OpenPaymentIntent>> for OrgActor {
 impl Handler<Ask<ReplaySince>> for OrgActor {
     type Result = ();
 
-    fn handle(&mut self, Ask { request: r, reply }: Ask<ReplaySince>, ctx: &mut Context<Self>) {
+    fn handle(
+        &mut self,
+        Ask {
+            request: r, reply, ..
+        }: Ask<ReplaySince>,
+        ctx: &mut Context<Self>,
+    ) {
         let max_replay = self.deps.settings.max_replay;
         let ledger = match self.ledger(ctx) {
             Ok(l) => l,
@@ -978,7 +1018,13 @@ impl Handler<Ask<ReplaySince>> for OrgActor {
 impl Handler<Ask<ListActions>> for OrgActor {
     type Result = ();
 
-    fn handle(&mut self, Ask { request: r, reply }: Ask<ListActions>, ctx: &mut Context<Self>) {
+    fn handle(
+        &mut self,
+        Ask {
+            request: r, reply, ..
+        }: Ask<ListActions>,
+        ctx: &mut Context<Self>,
+    ) {
         if let Err(e) = self.ledger(ctx) {
             return drop(reply.send(Err(e)));
         }

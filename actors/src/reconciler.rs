@@ -27,6 +27,7 @@ use crate::org::Outcome;
 use crate::store::ActionStore;
 use crate::stripe::{HandleEvent, StripeActor, StripeApi};
 use crate::stripe_event;
+use tracing::Instrument;
 
 /// The event types the service acts on.
 const EVENT_TYPES: [&str; 4] = [
@@ -158,7 +159,13 @@ async fn reconcile_since(
                 };
                 report.listed += 1;
                 let event_id = event.id.clone();
-                match stripe.ask(HandleEvent(event)).await {
+                let span = tracing::info_span!(
+                    "reconciled_event",
+                    event_id = %event.id,
+                    event_type = %event.event_type,
+                    org_id = tracing::field::Empty,
+                );
+                match stripe.ask(HandleEvent(event)).instrument(span).await {
                     Ok(Ok(Outcome::Recorded)) => {
                         report.applied += 1;
                         tracing::info!(%event_id, "missed event applied by reconciliation");

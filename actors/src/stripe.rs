@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use tracing::Instrument;
 
 use crate::ask::{Ask, Request};
 use crate::catalog::{self, Product};
@@ -194,6 +195,7 @@ impl Handler<Ask<HandleEvent>> for StripeActor {
         Ask {
             request: HandleEvent(event),
             reply,
+            span,
         }: Ask<HandleEvent>,
         _: &mut Context<Self>,
     ) {
@@ -201,17 +203,27 @@ impl Handler<Ask<HandleEvent>> for StripeActor {
         let directory = self.directory.clone();
         let owners = self.owners.clone();
         let metrics = self.metrics.clone();
-        actix::spawn(async move {
-            let answer = route(event, &api, &directory, &owners).await;
-            match answer {
-                Ok(Outcome::Recorded) => metrics.event(EventOutcome::Applied),
-                Ok(Outcome::Duplicate) => metrics.event(EventOutcome::Duplicate),
-                Ok(Outcome::Ignored) => metrics.event(EventOutcome::Ignored),
-                Err(_) => {}
+        actix::spawn(
+            async move {
+                let answer = route(event, &api, &directory, &owners).await;
+                match answer {
+                    Ok(Outcome::Recorded) => metrics.event(EventOutcome::Applied),
+                    Ok(Outcome::Duplicate) => metrics.event(EventOutcome::Duplicate),
+                    Ok(Outcome::Ignored) => metrics.event(EventOutcome::Ignored),
+                    Err(_) => {}
+                }
+                let _ = reply.send(answer);
             }
-            let _ = reply.send(answer);
-        });
+            .instrument(span),
+        );
     }
+}
+
+/// Names the org on the event's span (declared with an empty `org_id` by
+/// whoever asked), so that every later line of the event carries it.
+fn routed_to(org_id: &str) {
+    tracing::Span::current().record("org_id", org_id);
+    tracing::debug!("event routed to its org");
 }
 
 /// Sends an event to the org it is about. Events that name no org of ours
@@ -239,6 +251,7 @@ async fn route(
                 amount: facts.amount,
                 currency: facts.currency,
             };
+            routed_to(&org_id);
             directory.ask(&org_id, request).await
         }
         EventEffect::Revoked(facts) => {
@@ -269,6 +282,7 @@ async fn route(
                 currency: facts.currency,
                 log_checked: false,
             };
+            routed_to(&org_id);
             directory.ask(&org_id, request).await
         }
         EventEffect::Unreadable {

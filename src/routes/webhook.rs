@@ -108,7 +108,14 @@ async fn handle(
     .map_err(|e| ApiError::InvalidSignature(e.to_string()))?;
     let event = stripe_event::parse(&body).map_err(|e| ApiError::InvalidPayload(e.to_string()))?;
 
-    let span = tracing::info_span!("webhook", event_id = %event.id, event_type = %event.event_type);
+    // One span for the event's whole path: the StripeActor records its
+    // `org_id` once known, and the org actor and its write run inside it.
+    let span = tracing::info_span!(
+        "webhook",
+        event_id = %event.id,
+        event_type = %event.event_type,
+        org_id = tracing::field::Empty,
+    );
     async move {
         let outcome = match stripe_actor.ask(HandleEvent(event)).await {
             Ok(answer) => answer?,

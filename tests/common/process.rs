@@ -48,12 +48,23 @@ pub struct Service {
 impl Service {
     /// Starts the binary with `config` plus `env` overrides; waits until ready.
     pub async fn start(config: &Path, port: u16, env: &[(&str, &str)]) -> Self {
+        Self::start_with_stdout(config, port, env, Stdio::null()).await
+    }
+
+    /// As `start`, with the service's log lines (stdout) sent to `stdout`;
+    /// `RUST_LOG` is `warn` unless `env` sets it.
+    pub async fn start_with_stdout(
+        config: &Path,
+        port: u16,
+        env: &[(&str, &str)],
+        stdout: Stdio,
+    ) -> Self {
         let child = Command::new(BIN)
             .arg("--config")
             .arg(config)
-            .envs(env.iter().copied())
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+            .envs(env.iter().copied())
+            .stdout(stdout)
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
