@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use crate::persistence::{Drain, DrainWaiters};
+use crate::drain::{Drain, DrainWaiters};
 use crate::store::{ClickHouseStore, PaymentIntentOwner};
 
 /// Owners of PaymentIntents whose actions are durable.

@@ -36,6 +36,7 @@
 pub mod ask;
 pub mod catalog;
 pub mod directory;
+pub mod drain;
 pub mod follower;
 pub mod intent_indexer;
 pub mod lease;

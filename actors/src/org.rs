@@ -42,7 +42,7 @@ use crate::sse_hub::{Publish, SubscribedOrgs};
 use crate::store::jetstream::{AppendError, OrgMessage};
 use crate::store::ActionStore;
 use crate::store_reader::{self, LoadOrg};
-use crate::stripe::{CreatePaymentIntent, OpenIntent, StripeError};
+use crate::stripe_api::{OpenIntent, StripeError};
 
 #[derive(Clone, Debug)]
 pub struct OrgSettings {
@@ -84,6 +84,22 @@ pub enum Outcome {
 }
 
 pub type OrgAnswer<T> = Result<T, OrgError>;
+
+/// What an org actor asks of Stripe: a PaymentIntent carrying
+/// `metadata.org_id` and `metadata.sku`. Declared here, with the org's other
+/// messages, and handled by the StripeActor, so that the org actor does not
+/// depend on the actor that depends on it.
+#[derive(Message, Clone, Debug)]
+#[rtype(result = "Result<OpenIntent, StripeError>")]
+pub struct CreatePaymentIntent {
+    pub org_id: String,
+    pub sku: String,
+    pub amount: i64,
+    pub currency: String,
+    /// Stripe's key for this purchase; the catalog's Price id (if any) is
+    /// added to it, since Stripe refuses one key with other parameters.
+    pub idempotency_key: String,
+}
 
 /// A payment attempt's result, from `payment_intent.succeeded` / `payment_failed`.
 #[derive(Clone, Debug)]

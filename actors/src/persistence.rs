@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
+use crate::drain::{Drain, DrainWaiters};
 use crate::intent_indexer::IndexIntents;
 use crate::metrics::{Mailbox, Metrics};
 use crate::model::{Action, OrgActorId};
@@ -83,36 +84,6 @@ pub fn persist(
 #[derive(Message)]
 #[rtype(result = "Result<(), PersistError>")]
 pub struct CheckReady;
-
-/// Write everything pending, then answer (for graceful shutdown).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Drain;
-
-/// The answers owed to `Drain` senders, given once nothing is left to write.
-#[derive(Default)]
-pub(crate) struct DrainWaiters(Vec<oneshot::Sender<()>>);
-
-impl DrainWaiters {
-    /// A `Drain` answer that resolves at the next `release`.
-    pub(crate) fn wait(&mut self) -> ResponseFuture<()> {
-        let (tx, rx) = oneshot::channel();
-        self.0.push(tx);
-        Box::pin(async move {
-            let _ = rx.await;
-        })
-    }
-
-    pub(crate) fn release(&mut self) {
-        for waiter in self.0.drain(..) {
-            let _ = waiter.send(());
-        }
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
 
 /// What the actor has done, for tests and benchmarks.
 #[derive(Message)]

@@ -17,25 +17,12 @@ use crate::catalog::{self, Product};
 use crate::directory::OrgDirectory;
 use crate::metrics::{EventOutcome, Metrics};
 use crate::model::ActionKind;
-use crate::org::{ApplyPayment, ApplyRevocation, OrgError, Outcome};
+use crate::org::{ApplyPayment, ApplyRevocation, CreatePaymentIntent, OrgError, Outcome};
 use crate::store::PaymentIntentOwner;
 use crate::store_reader::{find_intent_owner, FindIntentOwner};
 use crate::stripe_api::IntentRequest;
 pub use crate::stripe_api::{OpenIntent, StripeApi, StripeError, StripeSettings};
 use crate::stripe_event::{EventEffect, RevocationKind, StripeEvent};
-
-/// Create a PaymentIntent carrying `metadata.org_id` and `metadata.sku`.
-#[derive(Message, Clone, Debug)]
-#[rtype(result = "Result<OpenIntent, StripeError>")]
-pub struct CreatePaymentIntent {
-    pub org_id: String,
-    pub sku: String,
-    pub amount: i64,
-    pub currency: String,
-    /// Stripe's key for this purchase; the catalog's Price id (if any) is
-    /// added to it, since Stripe refuses one key with other parameters.
-    pub idempotency_key: String,
-}
 
 /// A webhook event whose signature was verified.
 #[derive(Clone, Debug)]
