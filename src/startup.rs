@@ -107,8 +107,11 @@ impl Application {
         let persistence = {
             let (store, metrics) = (store.clone(), metrics.clone());
             let intent_index = intent_indexer.clone().map(Addr::recipient);
-            PersistenceActor::create(move |ctx| {
-                ctx.set_mailbox_capacity(batch_max_rows * 8);
+            // Rows reach it with do_send, past any mailbox capacity: what
+            // bounds them is `max_pending` (rows waiting beyond it are
+            // answered Overloaded) and, before that, the requests in flight,
+            // each of which has at most one row queued.
+            PersistenceActor::create(move |_| {
                 let actor = PersistenceActor::new(store, persistence_settings, metrics);
                 match intent_index {
                     Some(index) => actor.with_intent_index(index),

@@ -391,6 +391,8 @@ async fn every_tab_of_an_org_gets_every_event_and_other_orgs_get_none() {
         for t in &mut tabs {
             t.assert_quiet(Duration::from_millis(300)).await;
         }
+        // Every change handed to the hub has been fanned out.
+        assert_eq!(app.metric("entitlements_sse_hub_queue").await, 0);
     })
     .await;
 }

@@ -99,6 +99,7 @@ pub struct Inner {
     pub store_errors: Counter,
     pub stream_connections: Gauge,
     pub stream_dropped_slow: Counter,
+    pub sse_hub_queue: Gauge,
     pub live_org_actors: Gauge,
     pub mailbox_full: Family<MailboxLabels, Counter>,
     pub reconciled_events: Counter,
@@ -133,6 +134,7 @@ impl Metrics {
             store_errors: Counter::default(),
             stream_connections: Gauge::default(),
             stream_dropped_slow: Counter::default(),
+            sse_hub_queue: Gauge::default(),
             live_org_actors: Gauge::default(),
             mailbox_full: Family::default(),
             reconciled_events: Counter::default(),
@@ -200,6 +202,11 @@ impl Metrics {
             "stream_dropped_slow",
             "Stream connections dropped because their queue was full",
             inner.stream_dropped_slow.clone(),
+        );
+        registry.register(
+            "sse_hub_queue",
+            "Changes handed to the SseHub and not yet fanned out",
+            inner.sse_hub_queue.clone(),
         );
         registry.register(
             "live_org_actors",

@@ -38,7 +38,7 @@ use crate::metrics::Metrics;
 use crate::model::{now_ms, Action, ActionKind, ActionStatus, OrgActorId};
 use crate::org_event::{Entitlements, OrgEvent, Snapshot};
 use crate::persistence::{self, Persist, PersistError};
-use crate::sse_hub::{Publish, SubscribedOrgs};
+use crate::sse_hub::{self, Publish, SubscribedOrgs};
 use crate::store::jetstream::{AppendError, OrgMessage};
 use crate::store::ActionStore;
 use crate::store_reader::{self, LoadOrg};
@@ -485,12 +485,14 @@ impl OrgActor {
         if action.kind == ActionKind::Payment && action.status == ActionStatus::Delivered {
             self.open_intents.remove(&action.sku);
         }
-        // do_send: the hub never blocks an org; its own queues are the
-        // bound (a slow browser is dropped there).
-        self.deps.hub.do_send(Publish {
-            org_id: self.org_id.clone(),
-            event: event.clone(),
-        });
+        sse_hub::publish(
+            &self.deps.hub,
+            &self.deps.metrics,
+            Publish {
+                org_id: self.org_id.clone(),
+                event: event.clone(),
+            },
+        );
         tracing::info!(
             kind = action.kind.as_str(),
             status = action.status.as_str(),
@@ -669,10 +671,14 @@ impl Actor for OrgActor {
                 // what it already has by seq.
                 if act.deps.subscribed.contains(&act.org_id) {
                     for event in &act.recent {
-                        act.deps.hub.do_send(Publish {
-                            org_id: act.org_id.clone(),
-                            event: event.clone(),
-                        });
+                        sse_hub::publish(
+                            &act.deps.hub,
+                            &act.deps.metrics,
+                            Publish {
+                                org_id: act.org_id.clone(),
+                                event: event.clone(),
+                            },
+                        );
                     }
                 }
             }

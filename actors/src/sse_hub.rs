@@ -45,6 +45,23 @@ pub struct Publish {
     pub event: Arc<OrgEvent>,
 }
 
+/// Hands a change to the hub without waiting, counted in
+/// `entitlements_sse_hub_queue` until the hub has taken it.
+///
+/// The hub's inbox has no bound of its own, on purpose: dropping a change
+/// here would leave browsers a stale view with no gap to notice (they
+/// resume by `seq`, and this one was never sent). What bounds it is
+/// upstream: each change follows a durable write, so it grows no faster
+/// than the store accepts actions, and the hub spends on each one a
+/// `try_send` per subscriber, never a wait (a browser that cannot keep up
+/// is dropped at its own queue and resumes with `Last-Event-ID`). A queue
+/// that keeps growing is the hub falling behind the write rate: browsers
+/// then see changes late, never wrong or missing.
+pub fn publish(hub: &Recipient<Publish>, metrics: &Metrics, change: Publish) {
+    metrics.sse_hub_queue.inc();
+    hub.do_send(change);
+}
+
 /// Which orgs have streams open on this node, and how many: written by the
 /// hub alone, read by org actors (an org being watched stays live) and by
 /// the stream follower of the many-node mode.
@@ -138,6 +155,7 @@ impl Handler<Publish> for SseHub {
     type Result = ();
 
     fn handle(&mut self, msg: Publish, _: &mut Context<Self>) {
+        self.metrics.sse_hub_queue.dec();
         let Some(list) = self.subscribers.get_mut(&msg.org_id) else {
             return;
         };
