@@ -159,10 +159,13 @@ print(json.dumps({
 EOF
 }
 
+# In this shell, not a $(...) subshell: the service's pid must reach
+# `pids` (for cleanup), and a failed step must stop the run.
 results=()
 for backend in $BACKENDS; do
     say "$backend"
-    results+=("$(measure "$backend")")
+    measure "$backend" >"$work/$backend.result"
+    results+=("$(cat "$work/$backend.result")")
 done
 
 python3 - "$BATCH_MAX_MS" "${results[@]}" <<'EOF'

@@ -21,8 +21,9 @@ pub fn init(format: LogFormat) -> WorkerGuard {
         .with_writer(writer);
     let _ = match format {
         LogFormat::Pretty => builder.try_init(),
-        // The current span only: spans here do not nest (actors do not
-        // inherit the caller's), so the list would repeat it in every line.
+        // The current span only. A webhook's lines run in its span (carried
+        // into the actors) or in the org actor's `record_action` span, both
+        // carrying `event_id` and `org_id`; the full list would repeat them.
         LogFormat::Json => builder
             .json()
             .with_current_span(true)

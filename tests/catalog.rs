@@ -272,3 +272,40 @@ async fn start_up_does_not_wait_for_stripe_and_the_catalog_lands_once_it_answers
     assert_eq!(pi["metadata"]["price_id"], prices[0]["id"]);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_purchase_opened_before_the_price_was_known_gets_its_payment_intent_back() {
+    let stripe = LocalStripe::new();
+    let sku = unique_sku("before");
+    let org = unique_org("before");
+    // An earlier attempt at this purchase, made while the catalog was not in
+    // place: the same key, no `price_id` (the service's key: org, SKU,
+    // terms, purchases so far).
+    let key = format!("entitlements:{org}:{sku}:1900usd:0");
+    let res = stripe
+        .client
+        .post(format!("{}/v1/payment_intents", stripe.base))
+        .basic_auth(SECRET_KEY, None::<&str>)
+        .header("Idempotency-Key", &key)
+        .form(&[
+            ("amount", "1900"),
+            ("currency", "usd"),
+            ("metadata[org_id]", org.as_str()),
+            ("metadata[sku]", sku.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let earlier: Value = res.json().await.unwrap();
+
+    let app = spawn_selling(vec![product(&sku, "Before Pack", 1900)]).await;
+    catalog_in_place(&app).await;
+    let intent = open_intent(&app, &org, &sku).await;
+    assert_eq!(
+        intent["paymentIntentId"], earlier["id"],
+        "one PaymentIntent per purchase, whether or not the price was known"
+    );
+    assert_eq!(stripe.payment_intents_for(&org, &sku).await.len(), 1);
+    app.stop().await;
+}

@@ -96,8 +96,7 @@ pub struct CreatePaymentIntent {
     pub sku: String,
     pub amount: i64,
     pub currency: String,
-    /// Stripe's key for this purchase; the catalog's Price id (if any) is
-    /// added to it, since Stripe refuses one key with other parameters.
+    /// Stripe's key for this purchase, the same for every attempt at it.
     pub idempotency_key: String,
 }
 

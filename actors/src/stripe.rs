@@ -154,20 +154,30 @@ impl Handler<CreatePaymentIntent> for StripeActor {
             .as_ref()
             .and_then(|c| c.prices.get(&msg.sku).cloned());
         Box::pin(async move {
-            let idempotency_key = match &price_id {
-                Some(price_id) => format!("{}:{price_id}", msg.idempotency_key),
-                None => msg.idempotency_key.clone(),
+            let request = |price_id| IntentRequest {
+                org_id: &msg.org_id,
+                sku: &msg.sku,
+                amount: msg.amount,
+                currency: &msg.currency,
+                price_id,
+                idempotency_key: &msg.idempotency_key,
             };
-            let intent = api
-                .create_payment_intent(IntentRequest {
-                    org_id: &msg.org_id,
-                    sku: &msg.sku,
-                    amount: msg.amount,
-                    currency: &msg.currency,
-                    price_id: price_id.as_deref(),
-                    idempotency_key: &idempotency_key,
-                })
-                .await?;
+            // One key per purchase, whatever the catalog knows: a key that
+            // changed with the catalog could open a second chargeable
+            // PaymentIntent for one purchase. An earlier attempt made before
+            // the Price was known used the key without `price_id`, and
+            // Stripe refuses the key with other parameters; ask as it did.
+            let intent = match api
+                .create_payment_intent(request(price_id.as_deref()))
+                .await
+            {
+                Err(e) if e.idempotency_conflict && price_id.is_some() => {
+                    tracing::info!(org_id = %msg.org_id, sku = %msg.sku,
+                        "this purchase's PaymentIntent was opened before the price was known; reusing it");
+                    api.create_payment_intent(request(None)).await?
+                }
+                other => other?,
+            };
             tracing::info!(org_id = %msg.org_id, sku = %msg.sku, payment_intent_id = %intent.payment_intent_id, price_id = price_id.as_deref().unwrap_or(""), "payment intent opened");
             Ok(intent)
         })

@@ -32,6 +32,9 @@ pub struct StripeError {
     pub message: String,
     /// The HTTP status Stripe answered with; `None` when it did not answer.
     pub status: Option<u16>,
+    /// Stripe's `idempotency_error`: the key was first used with other
+    /// parameters.
+    pub idempotency_conflict: bool,
 }
 
 impl StripeError {
@@ -39,6 +42,7 @@ impl StripeError {
         Self {
             message: message.into(),
             status: None,
+            idempotency_conflict: false,
         }
     }
 }
@@ -125,19 +129,21 @@ impl StripeApi {
     }
 
     fn failure(&self, error: ::stripe::StripeError) -> StripeError {
-        let (message, status) = match error {
+        let (message, status, idempotency_conflict) = match error {
             ::stripe::StripeError::Stripe(api, status) => (
                 format!(
                     "Stripe answered {status}: {}",
                     api.message.as_deref().unwrap_or("no message")
                 ),
                 Some(status),
+                api.type_.as_str() == "idempotency_error",
             ),
-            other => (other.to_string(), None),
+            other => (other.to_string(), None, false),
         };
         StripeError {
             message: redact(&message, self.secret_key.expose()),
             status,
+            idempotency_conflict,
         }
     }
 
