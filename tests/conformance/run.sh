@@ -31,7 +31,8 @@ stop_service() {
 }
 trap 'status=$?; stop_service; if ((status == 0)); then rm -rf "$work"; else echo "conformance: logs in $work" >&2; fi; exit $status' EXIT
 
-[[ -x $BIN ]] || cargo build --quiet --bin entitlements
+# Built now, so that a stale binary from an earlier build is never tested.
+[[ -n ${ENTITLEMENTS_BIN:-} ]] || cargo build --quiet --bin entitlements
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 cat >"$work/config.toml" <<EOF
 [server]
