@@ -73,16 +73,6 @@ fn active(prices: &[Value]) -> Vec<&Value> {
     prices.iter().filter(|p| p["active"] == true).collect()
 }
 
-async fn open_intent(app: &TestApp, org: &str, sku: &str) -> Value {
-    let res = app
-        .post(org, "/v1/billing/payment-intents", json!({ "sku": sku }))
-        .await;
-    let status = res.status();
-    let body: Value = res.json().await.unwrap();
-    assert_eq!(status, 200, "payment intent for {org}/{sku}: {body}");
-    body
-}
-
 #[tokio::test]
 async fn each_product_gets_a_product_and_one_active_price_and_intents_carry_it() {
     let stripe = LocalStripe::new();
@@ -107,10 +97,8 @@ async fn each_product_gets_a_product_and_one_active_price_and_intents_carry_it()
         assert_eq!(price["currency"], "usd");
 
         let org = unique_org("catalog");
-        let intent = open_intent(&app, &org, sku).await;
-        let pi = stripe
-            .payment_intent(intent["paymentIntentId"].as_str().unwrap())
-            .await;
+        let intent = create_intent(&app, &org, sku).await;
+        let pi = stripe.payment_intent(&id_of(&intent)).await;
         assert_eq!(pi["metadata"]["price_id"], price["id"], "{pi}");
         assert_eq!(pi["metadata"]["sku"], sku.as_str());
         assert_eq!(pi["amount"], amount);
@@ -151,11 +139,9 @@ async fn a_changed_amount_gets_a_new_price_and_the_old_one_is_deactivated() {
     );
 
     let org = unique_org("changed");
-    let intent = open_intent(&app, &org, &sku).await;
+    let intent = create_intent(&app, &org, &sku).await;
     assert_eq!(intent["amount"], 1800);
-    let pi = stripe
-        .payment_intent(intent["paymentIntentId"].as_str().unwrap())
-        .await;
+    let pi = stripe.payment_intent(&id_of(&intent)).await;
     assert_eq!(pi["metadata"]["price_id"], now[0]["id"]);
     app.stop().await;
 
@@ -196,10 +182,8 @@ async fn nodes_starting_together_make_one_product_and_one_price() {
     assert_eq!(products.len(), 1);
 
     for app in &apps {
-        let intent = open_intent(app, &unique_org("together"), &sku).await;
-        let pi = stripe
-            .payment_intent(intent["paymentIntentId"].as_str().unwrap())
-            .await;
+        let intent = create_intent(app, &unique_org("together"), &sku).await;
+        let pi = stripe.payment_intent(&id_of(&intent)).await;
         assert_eq!(pi["metadata"]["price_id"], prices[0]["id"]);
     }
     for app in apps {
@@ -265,10 +249,8 @@ async fn start_up_does_not_wait_for_stripe_and_the_catalog_lands_once_it_answers
     assert_eq!(prices.len(), 1, "{prices:?}");
     assert_eq!(prices[0]["unit_amount"], 3300);
 
-    let intent = open_intent(&app, &unique_org("late"), &sku).await;
-    let pi = stripe
-        .payment_intent(intent["paymentIntentId"].as_str().unwrap())
-        .await;
+    let intent = create_intent(&app, &unique_org("late"), &sku).await;
+    let pi = stripe.payment_intent(&id_of(&intent)).await;
     assert_eq!(pi["metadata"]["price_id"], prices[0]["id"]);
     app.stop().await;
 }
@@ -301,7 +283,7 @@ async fn a_purchase_opened_before_the_price_was_known_gets_its_payment_intent_ba
 
     let app = spawn_selling(vec![product(&sku, "Before Pack", 1900)]).await;
     catalog_in_place(&app).await;
-    let intent = open_intent(&app, &org, &sku).await;
+    let intent = create_intent(&app, &org, &sku).await;
     assert_eq!(
         intent["paymentIntentId"], earlier["id"],
         "one PaymentIntent per purchase, whether or not the price was known"

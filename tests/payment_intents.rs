@@ -29,20 +29,6 @@ async fn spawn_on_localstripe() -> TestApp {
     .await
 }
 
-async fn create_intent(app: &TestApp, org: &str, sku: &str) -> Value {
-    let res = app
-        .post(org, "/v1/billing/payment-intents", json!({ "sku": sku }))
-        .await;
-    let status = res.status();
-    let body: Value = res.json().await.unwrap();
-    assert_eq!(status, 200, "payment intent for {org}/{sku}: {body}");
-    body
-}
-
-fn id_of(intent: &Value) -> String {
-    intent["paymentIntentId"].as_str().unwrap().to_owned()
-}
-
 #[tokio::test]
 async fn creates_a_payment_intent_on_stripe_with_the_orgs_metadata() {
     let app = spawn_on_localstripe().await;

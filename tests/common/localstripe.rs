@@ -212,3 +212,24 @@ impl Drop for WebhookEndpoint {
         }
     }
 }
+
+/// Opens (or gets back) the org's PaymentIntent for `sku` through the
+/// service; the answer must be 200.
+pub async fn create_intent(app: &TestApp, org: &str, sku: &str) -> Value {
+    let res = app
+        .post(
+            org,
+            "/v1/billing/payment-intents",
+            serde_json::json!({ "sku": sku }),
+        )
+        .await;
+    let status = res.status();
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(status, 200, "payment intent for {org}/{sku}: {body}");
+    body
+}
+
+/// The PaymentIntent id of a `POST /v1/billing/payment-intents` answer.
+pub fn id_of(intent: &Value) -> String {
+    intent["paymentIntentId"].as_str().unwrap().to_owned()
+}

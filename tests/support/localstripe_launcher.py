@@ -302,9 +302,7 @@ class Price(resources.StripeObject):
     def __init__(self, product=None, currency=None, unit_amount=None,
                  lookup_key=None, transfer_lookup_key=False, active=True,
                  nickname=None, metadata=None, **kwargs):
-        if kwargs:
-            raise UserError(400, 'Received unknown parameter: '
-                            + ', '.join(sorted(kwargs.keys())))
+        _refuse_unknown(kwargs)
         unit_amount = resources.try_convert_to_int(unit_amount)
         active = resources.try_convert_to_bool(active)
         transfer_lookup_key = resources.try_convert_to_bool(
@@ -349,9 +347,7 @@ class Price(resources.StripeObject):
     def _api_update(cls, id, active=None, lookup_key=None,
                     transfer_lookup_key=False, nickname=None, metadata=None,
                     **kwargs):
-        if kwargs:
-            raise UserError(400, 'Received unknown parameter: '
-                            + ', '.join(sorted(kwargs.keys())))
+        _refuse_unknown(kwargs)
         obj = cls._api_retrieve(id)
         active = resources.try_convert_to_bool(active)
         transfer_lookup_key = resources.try_convert_to_bool(
@@ -382,9 +378,7 @@ class Price(resources.StripeObject):
     def _api_list_all(cls, url, product=None, active=None, currency=None,
                       lookup_keys=None, limit=None, starting_after=None,
                       **kwargs):
-        if kwargs:
-            raise UserError(400, 'Received unknown parameter: '
-                            + ', '.join(sorted(kwargs.keys())))
+        _refuse_unknown(kwargs)
         active = resources.try_convert_to_bool(active)
         if isinstance(lookup_keys, str):
             lookup_keys = [lookup_keys]
@@ -396,6 +390,13 @@ class Price(resources.StripeObject):
                     and (currency is None or p.currency == currency)
                     and (lookup_keys is None or p.lookup_key in lookup_keys)]
         return li
+
+
+def _refuse_unknown(params):
+    """Stripe's answer to a parameter the endpoint does not take."""
+    if params:
+        raise UserError(400, 'Received unknown parameter: '
+                        + ', '.join(sorted(params.keys())))
 
 
 def _price_with_lookup_key(lookup_key):
