@@ -467,7 +467,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let requests = ctx.requests.load(Ordering::SeqCst);
     let baseline = if args.baseline {
         let target = match &args.bare_url {
-            None => BaselineTarget::Healthz,
+            None => BaselineTarget::Healthz {
+                url: format!("{}/healthz", ctx.base),
+            },
             Some(url) => BaselineTarget::Bare {
                 url: format!("{}/webhooks/stripe", url.trim_end_matches('/')),
                 bodies: chains
@@ -1072,7 +1074,9 @@ struct BaselineReport {
 }
 
 enum BaselineTarget {
-    Healthz,
+    Healthz {
+        url: String,
+    },
     /// The load's own signed webhooks, to a bare handler.
     Bare {
         url: String,
@@ -1096,22 +1100,16 @@ async fn run_baseline(ctx: &Arc<Ctx>, total: usize, target: BaselineTarget) -> B
     let latency = Arc::new(Mutex::new(new_histogram()));
     let next = Arc::new(AtomicUsize::new(0));
     let name = match target {
-        BaselineTarget::Healthz => "GET /healthz (baseline)",
+        BaselineTarget::Healthz { .. } => "GET /healthz (baseline)",
         BaselineTarget::Bare { .. } => "bare handler (baseline)",
     };
     let target = Arc::new(target);
-    let healthz = Arc::new(format!("{}/healthz", ctx.base));
     let cpu_before = ctx.args.baseline_pid.and_then(process_cpu_secs);
     let started = Instant::now();
     let workers: Vec<_> = (0..ctx.args.concurrency)
         .map(|_| {
-            let (ctx, latency, next, target, healthz) = (
-                ctx.clone(),
-                latency.clone(),
-                next.clone(),
-                target.clone(),
-                healthz.clone(),
-            );
+            let (ctx, latency, next, target) =
+                (ctx.clone(), latency.clone(), next.clone(), target.clone());
             tokio::spawn(async move {
                 loop {
                     let i = next.fetch_add(1, Ordering::SeqCst);
@@ -1119,7 +1117,7 @@ async fn run_baseline(ctx: &Arc<Ctx>, total: usize, target: BaselineTarget) -> B
                         break;
                     }
                     let request = match &*target {
-                        BaselineTarget::Healthz => ctx.client.get(healthz.as_str()),
+                        BaselineTarget::Healthz { url } => ctx.client.get(url.as_str()),
                         BaselineTarget::Bare { url, bodies } => {
                             let body = bodies[i % bodies.len()].clone();
                             ctx.client
