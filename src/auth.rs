@@ -3,6 +3,7 @@
 use std::future::{ready, Ready};
 
 use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
+use actors::org_id::OrgId;
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
@@ -28,7 +29,8 @@ pub fn issue_token(secret: &str, org: &str, ttl_secs: u64) -> String {
     .expect("HS256 signing cannot fail")
 }
 
-pub fn verify_token(secret: &str, token: &str) -> Result<Claims, ApiError> {
+/// The caller a token names, once its signature, expiry and org id are checked.
+pub fn verify_token(secret: &str, token: &str) -> Result<Caller, ApiError> {
     let mut validation = Validation::new(Algorithm::HS256);
     validation.leeway = 0;
     validation.set_required_spec_claims(&["exp"]);
@@ -46,12 +48,13 @@ pub fn verify_token(secret: &str, token: &str) -> Result<Claims, ApiError> {
             "the access token has expired".into(),
         ));
     }
-    if !actors::stripe::valid_org_id(&claims.org) {
-        return Err(ApiError::Unauthorized(
-            "the token's org claim is not a valid org id".into(),
-        ));
-    }
-    Ok(claims)
+    let org_id = OrgId::parse(&claims.org).map_err(|_| {
+        ApiError::Unauthorized("the token's org claim is not a valid org id".into())
+    })?;
+    Ok(Caller {
+        org_id,
+        expires_at: claims.exp,
+    })
 }
 
 pub fn unix_now() -> u64 {
@@ -63,7 +66,7 @@ pub fn unix_now() -> u64 {
 
 /// The caller's org, from `Authorization: Bearer <jwt>`.
 pub struct Caller {
-    pub org_id: String,
+    pub org_id: OrgId,
     pub expires_at: u64,
 }
 
@@ -90,11 +93,7 @@ fn authenticate(req: &HttpRequest, token: Option<&str>) -> Result<Caller, ApiErr
         .app_data::<web::Data<AppState>>()
         .expect("AppState is registered");
     let token = token.ok_or_else(|| ApiError::Unauthorized("missing access token".into()))?;
-    let claims = verify_token(state.settings.auth.jwt_secret.expose(), token)?;
-    Ok(Caller {
-        org_id: claims.org,
-        expires_at: claims.exp,
-    })
+    verify_token(state.settings.auth.jwt_secret.expose(), token)
 }
 
 impl FromRequest for Caller {

@@ -454,7 +454,7 @@ impl Settings {
             return fail("products", "must list at least one product");
         }
         for (i, p) in self.products.iter().enumerate() {
-            if !actors::stripe::valid_org_id(&p.sku) {
+            if !actors::org_id::is_identifier(&p.sku) {
                 return fail(
                     &format!("products[{i}].sku"),
                     "must be 1 to 64 of A-Za-z0-9_-",

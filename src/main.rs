@@ -44,7 +44,7 @@ fn main() -> std::process::ExitCode {
     };
     match cli.command {
         Some(Command::Token { org, ttl_secs }) => {
-            if !actors::stripe::valid_org_id(&org) {
+            if actors::org_id::OrgId::parse(&org).is_err() {
                 eprintln!("--org must be 1 to 64 of A-Za-z0-9_-");
                 return std::process::ExitCode::from(2);
             }

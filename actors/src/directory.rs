@@ -15,11 +15,12 @@ use dashmap::DashMap;
 use crate::ask::{Ask, AskError, Bounded, Request};
 use crate::metrics::Mailbox;
 use crate::org::{Observe, OrgActor, OrgDeps, OrgError};
+use crate::org_id::OrgId;
 use crate::store::PaymentIntentOwner;
 
 #[derive(Clone)]
 pub struct OrgDirectory {
-    actors: Arc<DashMap<String, Bounded<OrgActor>>>,
+    actors: Arc<DashMap<OrgId, Bounded<OrgActor>>>,
     deps: Arc<OrgDeps>,
     arbiters: Arc<[ArbiterHandle]>,
 }
@@ -37,13 +38,13 @@ impl OrgDirectory {
         }
     }
 
-    fn actor(&self, org_id: &str) -> Bounded<OrgActor> {
+    fn actor(&self, org_id: &OrgId) -> Bounded<OrgActor> {
         if let Some(actor) = self.actors.get(org_id).filter(|a| a.connected()) {
             return actor.clone();
         }
         let mut entry = self
             .actors
-            .entry(org_id.to_owned())
+            .entry(org_id.clone())
             .or_insert_with(|| self.start(org_id));
         if !entry.connected() {
             *entry = self.start(org_id);
@@ -51,11 +52,11 @@ impl OrgDirectory {
         entry.clone()
     }
 
-    fn start(&self, org_id: &str) -> Bounded<OrgActor> {
+    fn start(&self, org_id: &OrgId) -> Bounded<OrgActor> {
         let mut hasher = DefaultHasher::new();
         org_id.hash(&mut hasher);
         let arbiter = &self.arbiters[hasher.finish() as usize % self.arbiters.len()];
-        let (org_id, deps, registry) = (org_id.to_owned(), self.deps.clone(), self.actors.clone());
+        let (org_id, deps, registry) = (org_id.clone(), self.deps.clone(), self.actors.clone());
         let mailbox = self.deps.settings.mailbox;
         let addr =
             OrgActor::start_in_arbiter(arbiter, move |_| OrgActor::new(org_id, deps, registry));
@@ -66,7 +67,7 @@ impl OrgDirectory {
     /// or starts one when browsers here watch the org (the fresh actor reads
     /// the org, this message included). Never waits: `Err` gives the
     /// message back when the actor's mailbox is full, to be offered again.
-    pub fn observe(&self, org_id: &str, message: Observe) -> Result<(), Observe> {
+    pub fn observe(&self, org_id: &OrgId, message: Observe) -> Result<(), Observe> {
         let live = self
             .actors
             .get(org_id)
@@ -103,7 +104,7 @@ impl OrgDirectory {
 
     /// Sends `request` to the org's actor and waits for its answer.
     /// A full mailbox is `Overloaded` at once.
-    pub async fn ask<R, T>(&self, org_id: &str, mut request: R) -> R::Answer
+    pub async fn ask<R, T>(&self, org_id: &OrgId, mut request: R) -> R::Answer
     where
         R: Request<Answer = Result<T, OrgError>> + Clone,
         T: Send + 'static,

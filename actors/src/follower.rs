@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use crate::directory::OrgDirectory;
 use crate::metrics::Metrics;
 use crate::org::Observe;
+use crate::org_id::OrgId;
 use crate::store::jetstream::decode;
 use crate::store::JetStreamStore;
 
@@ -107,13 +108,13 @@ async fn follow_from(
     // The newest message each busy actor could not take: offered again each
     // tick (an actor that gets a later message than it knows reads what it
     // missed, so the newest is enough).
-    let mut refused: HashMap<String, Observe> = HashMap::new();
+    let mut refused: HashMap<OrgId, Observe> = HashMap::new();
     let mut tick = tokio::time::interval(REOFFER_EVERY);
     loop {
         let message = tokio::select! {
             message = messages.next() => message,
             _ = tick.tick(), if !refused.is_empty() => {
-                let offers: Vec<(String, Observe)> = refused.drain().collect();
+                let offers: Vec<(OrgId, Observe)> = refused.drain().collect();
                 for (org_id, message) in offers {
                     if let Err(message) = directory.observe(&org_id, message) {
                         refused.insert(org_id, message);
@@ -135,17 +136,21 @@ async fn follow_from(
         };
         last_seen = Some(sequence);
         metrics.follower_messages.inc();
-        let Some(org_id) = store.org_of_subject(message.subject.as_str()) else {
+        let Some(subject_org) = store.org_of_subject(message.subject.as_str()) else {
             continue;
         };
-        match decode(org_id, sequence, &message.payload) {
+        let Ok(org_id) = OrgId::parse(subject_org) else {
+            tracing::error!(subject = %message.subject, sequence, "stream message of no valid org id");
+            continue;
+        };
+        match decode(&org_id, sequence, &message.payload) {
             Some(org_message) => {
-                refused.remove(org_id);
-                if let Err(message) = directory.observe(org_id, Observe(org_message)) {
-                    refused.insert(org_id.to_owned(), message);
+                refused.remove(&org_id);
+                if let Err(message) = directory.observe(&org_id, Observe(org_message)) {
+                    refused.insert(org_id, message);
                 }
             }
-            None => tracing::error!(org_id, sequence, "stream message is not an action record"),
+            None => tracing::error!(%org_id, sequence, "stream message is not an action record"),
         }
     }
     last_seen

@@ -46,6 +46,7 @@ pub mod metrics;
 pub mod model;
 pub mod org;
 pub mod org_event;
+pub mod org_id;
 pub mod persistence;
 pub mod projection;
 pub mod reconciler;

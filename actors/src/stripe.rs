@@ -18,6 +18,7 @@ use crate::directory::OrgDirectory;
 use crate::metrics::{EventOutcome, Metrics};
 use crate::model::ActionKind;
 use crate::org::{ApplyPayment, ApplyRevocation, CreatePaymentIntent, OrgError, Outcome};
+use crate::org_id::OrgId;
 use crate::store::PaymentIntentOwner;
 use crate::store_reader::{find_intent_owner, FindIntentOwner};
 use crate::stripe_api::IntentRequest;
@@ -235,8 +236,8 @@ async fn route(
     match event.effect {
         EventEffect::PaymentSucceeded(facts) | EventEffect::PaymentFailed(facts) => {
             let succeeded = event.event_type == "payment_intent.succeeded";
-            let (Some(org_id), Some(sku)) = (facts.org_id.filter(|o| valid_org_id(o)), facts.sku)
-            else {
+            let org_id = facts.org_id.and_then(|o| OrgId::parse(&o).ok());
+            let (Some(org_id), Some(sku)) = (org_id, facts.sku) else {
                 tracing::info!(%event_id, "payment intent without our metadata; ignored");
                 return Ok(Outcome::Ignored);
             };
@@ -256,10 +257,10 @@ async fn route(
                 tracing::warn!(%event_id, "refund or dispute names no payment intent; ignored");
                 return Ok(Outcome::Ignored);
             };
-            let (org_id, sku) = match facts.org_id.filter(|o| valid_org_id(o)) {
+            let (org_id, sku) = match facts.org_id.and_then(|o| OrgId::parse(&o).ok()) {
                 Some(org_id) => (org_id, facts.sku),
                 None => match owner_of(&payment_intent_id, api, directory, owners).await? {
-                    Some(owner) => (owner.org_id, facts.sku.or(Some(owner.sku))),
+                    Some((org_id, owner)) => (org_id, facts.sku.or(Some(owner.sku))),
                     None => {
                         tracing::warn!(%event_id, %payment_intent_id, "refund or dispute of a payment intent that is not ours; ignored");
                         return Ok(Outcome::Ignored);
@@ -309,37 +310,16 @@ async fn owner_of(
     api: &StripeApi,
     directory: &OrgDirectory,
     owners: &Recipient<FindIntentOwner>,
-) -> Result<Option<PaymentIntentOwner>, OrgError> {
-    if let Some(owner) = directory.live_intent_owner(payment_intent_id) {
-        return Ok(Some(owner));
-    }
-    match find_intent_owner(owners, payment_intent_id.to_owned()).await {
-        Ok(Some(owner)) => Ok(Some(owner)),
-        Ok(None) => Ok(api
-            .payment_intent_owner(payment_intent_id)
-            .await?
-            .filter(|owner| valid_org_id(&owner.org_id))),
-        Err(e) => Err(OrgError::PersistenceUnavailable(e.to_string())),
-    }
-}
-
-/// The contract's org id: 1 to 64 of `A-Za-z0-9_-`.
-pub fn valid_org_id(org_id: &str) -> bool {
-    (1..=64).contains(&org_id.len())
-        && org_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn org_ids_follow_the_contract() {
-        assert!(valid_org_id("acme_Co-1"));
-        assert!(!valid_org_id(""));
-        assert!(!valid_org_id("a/b"));
-        assert!(!valid_org_id(&"a".repeat(65)));
-    }
+) -> Result<Option<(OrgId, PaymentIntentOwner)>, OrgError> {
+    let owner = match directory.live_intent_owner(payment_intent_id) {
+        Some(owner) => Some(owner),
+        None => match find_intent_owner(owners, payment_intent_id.to_owned()).await {
+            Ok(Some(owner)) => Some(owner),
+            Ok(None) => api.payment_intent_owner(payment_intent_id).await?,
+            Err(e) => return Err(OrgError::PersistenceUnavailable(e.to_string())),
+        },
+    };
+    // Stripe's metadata is anyone's to write: only an org id of the
+    // contract's form is ours.
+    Ok(owner.and_then(|owner| Some((OrgId::parse(&owner.org_id).ok()?, owner))))
 }

@@ -57,13 +57,13 @@ pub async fn stream(
     let subscription = state
         .hub
         .send(Subscribe {
-            org_id: org_id.clone(),
+            org_id: org_id.to_string(),
         })
         .await
         .map_err(|_| ApiError::Overloaded)?;
     let guard = Unsubscribed {
         hub: state.hub.clone(),
-        org_id: org_id.clone(),
+        org_id: org_id.to_string(),
         id: subscription.id,
     };
 

@@ -3,7 +3,8 @@
 
     python3 tests/support/import_cycles.py actors/src
 
-A module's imports are its `crate::<module>` paths outside `#[cfg(test)]`;
+A module's imports are its `crate::<module>` and `super::<module>` paths
+outside `#[cfg(test)]`;
 a circle (a -> b -> ... -> a) means neither can be read or changed alone.
 """
 
@@ -27,8 +28,11 @@ def modules(src):
 def imports(name, path, known):
     text = path.read_text().split("#[cfg(test)]")[0]
     deps = set()
-    for use in re.findall(r"crate::((?:[a-z_][a-z0-9_]*::)*[a-z_][a-z0-9_]*)", text):
-        parts = use.split("::")
+    # `super::x` names a sibling: the module's parent's `x`.
+    parent = name.split("::")[:-1]
+    paths = re.findall(r"\b(crate|super)::((?:[a-z_][a-z0-9_]*::)*[a-z_][a-z0-9_]*)", text)
+    for root, use in paths:
+        parts = use.split("::") if root == "crate" else parent + use.split("::")
         # The longest prefix that is a module: `store::jetstream::X` is store::jetstream.
         for n in range(len(parts), 0, -1):
             candidate = "::".join(parts[:n])

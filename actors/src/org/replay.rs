@@ -1,0 +1,198 @@
+//! What a reconnecting browser gets: the events it missed, from the org's
+//! recent events in memory or, when they are older than that, rebuilt from
+//! the store through the StoreReader; or a snapshot, when the gap is too
+//! wide or unknown.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Arc;
+
+use actix::Recipient;
+
+use crate::ledger::Ledger;
+use crate::model::Action;
+use crate::org_event::{OrgEvent, Snapshot};
+use crate::store_reader::{self, LoadOrg};
+
+use super::messages::Replay;
+
+/// The org's newest stream events, oldest first, at most `capacity`.
+pub struct RecentEvents {
+    events: VecDeque<Arc<OrgEvent>>,
+    capacity: usize,
+}
+
+/// How a reconnect after `last_event_id` is answered.
+#[derive(Debug, PartialEq)]
+pub enum ReplayPlan {
+    /// The events after it, all still in memory (possibly none).
+    Events(Vec<Arc<OrgEvent>>),
+    /// Older than memory but within `max_replay`: rebuilt from the store.
+    FromStore,
+    /// Ahead of the org (an id from elsewhere) or too far behind: start over.
+    Snapshot,
+}
+
+impl RecentEvents {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            events: VecDeque::with_capacity(capacity),
+            capacity,
+        }
+    }
+
+    pub fn remember(&mut self, event: Arc<OrgEvent>) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.events.len() == self.capacity {
+            self.events.pop_front();
+        }
+        self.events.push_back(event);
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<OrgEvent>> {
+        self.events.iter()
+    }
+
+    /// `seq` is the org's newest; a reconnect missing more than
+    /// `max_replay` events gets a snapshot.
+    pub fn plan(&self, last_event_id: u64, seq: u64, max_replay: usize) -> ReplayPlan {
+        let after = last_event_id;
+        if after > seq || (seq - after) as usize > max_replay {
+            return ReplayPlan::Snapshot;
+        }
+        let covered = after == seq || self.events.front().is_some_and(|e| e.seq <= after + 1);
+        if !covered {
+            return ReplayPlan::FromStore;
+        }
+        ReplayPlan::Events(
+            self.events
+                .iter()
+                .filter(|e| e.seq > after)
+                .cloned()
+                .collect(),
+        )
+    }
+}
+
+/// The events after `after`, rebuilt from the org's actions (oldest first).
+pub fn events_after(
+    org_id: String,
+    skus: Arc<[String]>,
+    actions: &[Action],
+    after: u64,
+) -> Vec<Arc<OrgEvent>> {
+    let mut replayed = Ledger::new(org_id, skus);
+    actions
+        .iter()
+        .map(|a| replayed.apply(a))
+        .filter(|e| e.seq > after)
+        .map(Arc::new)
+        .collect()
+}
+
+/// Reads the org's actions through the StoreReader (grouped with other
+/// reads, within its cap) and rebuilds the events after `after`; if the
+/// read fails, the stream starts over from `fallback`.
+pub fn from_store(
+    loader: &Recipient<LoadOrg>,
+    org_id: String,
+    skus: Arc<[String]>,
+    after: u64,
+    fallback: Snapshot,
+) -> impl Future<Output = Replay> + 'static {
+    let load = store_reader::load_org(loader, org_id.clone());
+    async move {
+        match load.await {
+            Ok(actions) => Replay::Events(events_after(org_id, skus, &actions, after)),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the org for a replay failed; sending a snapshot");
+                Replay::Snapshot(fallback)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ActionKind, ActionStatus};
+
+    fn failed_payment(seq: u64) -> Action {
+        Action {
+            id: format!("fail_evt_{seq}"),
+            org_id: "acme".into(),
+            seq,
+            kind: ActionKind::Payment,
+            status: ActionStatus::Failed,
+            sku: "pro".into(),
+            external_id: "pi_1".into(),
+            event_id: Some(format!("evt_{seq}")),
+            amount: 4900,
+            currency: "usd".into(),
+            created_at_ms: 0,
+            simulated: false,
+        }
+    }
+
+    fn skus() -> Arc<[String]> {
+        Arc::from(vec!["pro".to_owned()])
+    }
+
+    /// Events 1..=n, of which memory keeps the newest `capacity`.
+    fn recent(n: u64, capacity: usize) -> RecentEvents {
+        let actions: Vec<Action> = (1..=n).map(failed_payment).collect();
+        let mut recent = RecentEvents::new(capacity);
+        for event in events_after("acme".into(), skus(), &actions, 0) {
+            recent.remember(event);
+        }
+        recent
+    }
+
+    fn seqs(plan: ReplayPlan) -> Vec<u64> {
+        match plan {
+            ReplayPlan::Events(events) => events.iter().map(|e| e.seq).collect(),
+            other => panic!("expected events, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn memory_keeps_the_newest_events() {
+        let recent = recent(10, 3);
+        assert_eq!(recent.iter().map(|e| e.seq).collect::<Vec<_>>(), [8, 9, 10]);
+        assert_eq!(RecentEvents::new(0).iter().count(), 0);
+    }
+
+    #[test]
+    fn a_gap_still_in_memory_is_replayed_in_order() {
+        let recent = recent(10, 3);
+        assert_eq!(seqs(recent.plan(8, 10, 100)), [9, 10]);
+        // The one just before the oldest kept: still exactly covered.
+        assert_eq!(seqs(recent.plan(7, 10, 100)), [8, 9, 10]);
+        assert_eq!(seqs(recent.plan(10, 10, 100)), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn an_older_gap_is_read_from_the_store_and_a_wide_or_unknown_one_starts_over() {
+        let recent = recent(10, 3);
+        assert_eq!(recent.plan(6, 10, 100), ReplayPlan::FromStore);
+        assert_eq!(
+            recent.plan(0, 10, 9),
+            ReplayPlan::Snapshot,
+            "10 missed, 9 allowed"
+        );
+        assert_eq!(
+            recent.plan(11, 10, 100),
+            ReplayPlan::Snapshot,
+            "ahead of the org"
+        );
+    }
+
+    #[test]
+    fn events_rebuilt_from_the_store_are_the_ones_after_the_gap() {
+        let actions: Vec<Action> = (1..=5).map(failed_payment).collect();
+        let events = events_after("acme".into(), skus(), &actions, 3);
+        assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 5]);
+    }
+}
