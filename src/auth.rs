@@ -3,6 +3,7 @@
 use std::future::{ready, Ready};
 
 use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
+use actors::model::unix_now;
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
@@ -52,13 +53,6 @@ pub fn verify_token(secret: &str, token: &str) -> Result<Claims, ApiError> {
         ));
     }
     Ok(claims)
-}
-
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// The caller's org, from `Authorization: Bearer <jwt>`.
