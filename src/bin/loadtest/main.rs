@@ -13,11 +13,12 @@ mod stream;
 mod subscribers;
 mod verify;
 mod violations;
+mod workers;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -40,6 +41,7 @@ use stream::SendTimes;
 use subscribers::{finish_streams, start_subscribers};
 use verify::verify;
 use violations::Violations;
+use workers::run_jobs;
 
 /// Load-tests a running entitlements service: N orgs × M payments of signed
 /// Stripe webhooks (failed attempts, successes, refunds; some delivered
@@ -358,24 +360,16 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     }
     let service_cpu_before = args.service_pid.and_then(process_cpu_secs);
     let started = Instant::now();
-    let next = Arc::new(AtomicUsize::new(0));
-    let workers: Vec<_> = (0..args.concurrency)
-        .map(|_| {
-            let ctx = ctx.clone();
-            let chains = chains.clone();
-            let next = next.clone();
-            tokio::spawn(async move {
-                loop {
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    let Some(chain) = chains.get(i) else { break };
-                    run_chain(&ctx, chain).await;
-                }
-            })
-        })
-        .collect();
-    for w in workers {
-        w.await.context("a load worker panicked")?;
-    }
+    let load = {
+        let (ctx, chains) = (ctx.clone(), chains.clone());
+        move |i: usize| {
+            let (ctx, chains) = (ctx.clone(), chains.clone());
+            async move { run_chain(&ctx, &chains[i]).await }
+        }
+    };
+    run_jobs(args.concurrency, chains.len(), load)
+        .await
+        .context("a load worker panicked")?;
     let load_secs = started.elapsed().as_secs_f64();
     let service_cpu_secs = service_cpu_before
         .zip(args.service_pid.and_then(process_cpu_secs))

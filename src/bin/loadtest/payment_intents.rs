@@ -1,7 +1,7 @@
 //! Opening PaymentIntents through the service, each org×SKU pair twice at
 //! once: both answers must name the same intent.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -9,6 +9,7 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
 use crate::script::{self, Product};
+use crate::workers::run_jobs;
 use crate::{new_histogram, Ctx};
 
 pub struct PiReport {
@@ -24,45 +25,31 @@ pub async fn open_payment_intents(ctx: &Arc<Ctx>, prefix: &str, products: &[Prod
     let pairs = ctx.args.payment_intents.min(ctx.args.orgs * products.len());
     let latency = Arc::new(Mutex::new(new_histogram()));
     let requests = Arc::new(AtomicU64::new(0));
-    let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
-    let products = Arc::new(products.to_vec());
-    let workers: Vec<_> = (0..ctx.args.concurrency.div_ceil(2).max(1))
-        .map(|_| {
-            let (ctx, latency, requests, next, products) = (
-                ctx.clone(),
-                latency.clone(),
-                requests.clone(),
-                next.clone(),
-                products.clone(),
-            );
-            let prefix = prefix.to_owned();
-            tokio::spawn(async move {
-                loop {
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    if i >= pairs {
-                        break;
-                    }
-                    let org = script::org_id(&prefix, i % ctx.args.orgs);
-                    let product = &products[(i / ctx.args.orgs) % products.len()];
-                    let one = || open_one(&ctx, &org, product, &latency, &requests);
-                    let (a, b) = tokio::join!(one(), one());
-                    match (a, b) {
-                        (Ok(a), Ok(b)) if a == b => {}
-                        (Ok(a), Ok(b)) => ctx.violation("payment_intent", 1, || {
-                            format!("{org}/{}: two open PaymentIntents {a} and {b}", product.sku)
-                        }),
-                        (Err(e), _) | (_, Err(e)) => ctx.violation("payment_intent", 1, || {
-                            format!("{org}/{}: {e}", product.sku)
-                        }),
-                    }
+    let open_pair = {
+        let (ctx, latency, requests) = (ctx.clone(), latency.clone(), requests.clone());
+        let products = Arc::new(products.to_vec());
+        let prefix = prefix.to_owned();
+        move |i: usize| {
+            let (ctx, latency, requests) = (ctx.clone(), latency.clone(), requests.clone());
+            let org = script::org_id(&prefix, i % ctx.args.orgs);
+            let product = products[(i / ctx.args.orgs) % products.len()].clone();
+            async move {
+                let one = || open_one(&ctx, &org, &product, &latency, &requests);
+                let (a, b) = tokio::join!(one(), one());
+                match (a, b) {
+                    (Ok(a), Ok(b)) if a == b => {}
+                    (Ok(a), Ok(b)) => ctx.violation("payment_intent", 1, || {
+                        format!("{org}/{}: two open PaymentIntents {a} and {b}", product.sku)
+                    }),
+                    (Err(e), _) | (_, Err(e)) => ctx.violation("payment_intent", 1, || {
+                        format!("{org}/{}: {e}", product.sku)
+                    }),
                 }
-            })
-        })
-        .collect();
-    for w in workers {
-        let _ = w.await;
-    }
+            }
+        }
+    };
+    let _ = run_jobs(ctx.args.concurrency.div_ceil(2).max(1), pairs, open_pair).await;
     let latency = latency.lock().unwrap().clone();
     PiReport {
         pairs,

@@ -13,6 +13,8 @@ use serde_json::Value;
 use testkit::sse::{Frame, Parser};
 use tokio::sync::{oneshot, watch};
 
+use crate::new_histogram;
+
 /// Action id → when the first webhook that records it was sent.
 pub type SendTimes = Arc<Mutex<HashMap<String, Instant>>>;
 
@@ -61,7 +63,7 @@ async fn run(
     ready: oneshot::Sender<Result<u64, String>>,
 ) {
     let mut ready = Some(ready);
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
+    let mut latency = new_histogram();
     let mut stop = config.stop.clone();
     let mut failures = 0u32;
     loop {

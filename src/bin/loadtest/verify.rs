@@ -1,13 +1,13 @@
 //! After the load: every org's actions and entitlements against its model.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::script::{self, OrgModel, Product};
+use crate::workers::run_jobs;
 use crate::Ctx;
 
 /// A GET with the org's token, retried on 503; the JSON body.
@@ -42,34 +42,23 @@ pub async fn verify(
     products: &[Product],
     models: &[OrgModel],
 ) -> Vec<Option<u64>> {
-    let next = Arc::new(AtomicUsize::new(0));
     let seqs = Arc::new(Mutex::new(vec![None; models.len()]));
-    let models = Arc::new(models.to_vec());
-    let skus: Arc<Vec<String>> = Arc::new(products.iter().map(|p| p.sku.clone()).collect());
-    let workers: Vec<_> = (0..ctx.args.concurrency.min(models.len()))
-        .map(|_| {
-            let (ctx, next, seqs, models, skus) = (
-                ctx.clone(),
-                next.clone(),
-                seqs.clone(),
-                models.clone(),
-                skus.clone(),
-            );
-            let prefix = prefix.to_owned();
-            tokio::spawn(async move {
-                loop {
-                    let o = next.fetch_add(1, Ordering::SeqCst);
-                    let Some(model) = models.get(o) else { break };
-                    let org = script::org_id(&prefix, o);
-                    let seq = verify_org(&ctx, &org, model, &skus).await;
-                    seqs.lock().unwrap()[o] = seq;
-                }
-            })
-        })
-        .collect();
-    for w in workers {
-        let _ = w.await;
-    }
+    let check = {
+        let (ctx, seqs) = (ctx.clone(), seqs.clone());
+        let models = Arc::new(models.to_vec());
+        let skus: Arc<Vec<String>> = Arc::new(products.iter().map(|p| p.sku.clone()).collect());
+        let prefix = prefix.to_owned();
+        move |o: usize| {
+            let (ctx, seqs, models, skus) =
+                (ctx.clone(), seqs.clone(), models.clone(), skus.clone());
+            let org = script::org_id(&prefix, o);
+            async move {
+                let seq = verify_org(&ctx, &org, &models[o], &skus).await;
+                seqs.lock().unwrap()[o] = seq;
+            }
+        }
+    };
+    let _ = run_jobs(ctx.args.concurrency.min(models.len()), models.len(), check).await;
     let seqs = seqs.lock().unwrap().clone();
     seqs
 }
