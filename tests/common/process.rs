@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::*;
 
-pub use testkit::process::{free_port, ServiceProcess as Service};
+pub use testkit::process::{free_port, ServiceProcess};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_entitlements");
 
@@ -35,7 +35,7 @@ path = "{}"
 }
 
 /// Starts the binary with `config` plus `env` overrides; waits until ready.
-pub async fn start_service(config: &Path, port: u16, env: &[(&str, &str)]) -> Service {
+pub async fn start_service(config: &Path, port: u16, env: &[(&str, &str)]) -> ServiceProcess {
     start_service_with_stdout(config, port, env, Stdio::null()).await
 }
 
@@ -46,7 +46,7 @@ pub async fn start_service_with_stdout(
     port: u16,
     env: &[(&str, &str)],
     stdout: Stdio,
-) -> Service {
+) -> ServiceProcess {
     let mut command = Command::new(BIN);
     command
         .arg("--config")
@@ -55,7 +55,7 @@ pub async fn start_service_with_stdout(
         .envs(env.iter().copied())
         .stdout(stdout)
         .stderr(Stdio::inherit());
-    Service::start(command, port, "/readyz", Duration::from_secs(20))
+    ServiceProcess::start(command, port, "/readyz", Duration::from_secs(20))
         .await
         .unwrap_or_else(|e| panic!("{e}"))
 }
