@@ -34,24 +34,31 @@
 //!    same bursts; every tab must see its org's change.
 //!
 //! The client is one tokio runtime with `--client-threads` threads and raw
-//! HTTP/1.1 over `TcpStream` (hand-parsed chunked SSE), so it costs little
-//! next to the service. It still shares the machine with the service (and
-//! with whatever else runs there): the report gives the CPU seconds of the
-//! service, of the client and of every other process during the bursts, and
-//! the load average, so that a slow run can be told from a slow service.
+//! HTTP/1.1 over `TcpStream` (chunked bodies decoded by hand, events read
+//! with testkit's SSE parser), so it costs little next to the service. It
+//! still shares the machine with the service (and with whatever else runs
+//! there): the report gives the CPU seconds of the service, of the client
+//! and of every other process during the bursts, and the load average, so
+//! that a slow run can be told from a slow service.
 //! Prints a table, then one JSON line.
 
 use std::collections::HashMap;
 use std::io::Write as _;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use serde_json::{json, Value};
+use testkit::events::{self, Price};
+use testkit::process::{free_port, ServiceProcess};
+use testkit::procfs::{clock_ticks_per_sec, process_cpu_secs};
+use testkit::signing::sign_now;
+use testkit::sse;
+use testkit::unix_now;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Barrier, Semaphore};
@@ -59,6 +66,12 @@ use tokio::sync::{Barrier, Semaphore};
 const JWT_SECRET: &str = "stream-fanout-bench-secret-9f2c4e7a1b";
 const WEBHOOK_SECRET: &str = "whsec_stream_fanout";
 const SKU: &str = "compliance-pack";
+/// The price of `SKU` in the config the bench writes.
+const PRICE: Price = Price {
+    sku: SKU,
+    amount: 99900,
+    currency: "usd",
+};
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Stream fan-out: memory per idle connection and change-to-browser latency")]
@@ -200,34 +213,21 @@ fn now_ns() -> u64 {
     epoch().elapsed().as_nanos() as u64 + 1
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 fn token(org: &str) -> String {
-    let claims = json!({ "org": org, "exp": unix_now() + 4 * 3600 });
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
-    )
-    .expect("HS256 signs")
+    testkit::token::token(JWT_SECRET, org, unix_now() + 4 * 3600)
 }
 
 // ---------------------------------------------------------------- service
 
 struct Service {
-    child: Child,
+    process: ServiceProcess,
     addr: SocketAddr,
     dir: tempfile::TempDir,
 }
 
 impl Service {
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     fn status_kib(&self, key: &str) -> u64 {
@@ -247,7 +247,7 @@ impl Service {
 
     /// CPU seconds (user + system) the service has used so far.
     fn cpu_secs(&self) -> f64 {
-        cpu_secs_of(&format!("/proc/{}/stat", self.pid()))
+        process_cpu_secs(self.pid()).unwrap_or(0.0)
     }
 
     fn nofile_limit(&self) -> String {
@@ -259,20 +259,10 @@ impl Service {
             .unwrap_or_else(|| "?".into())
     }
 
-    fn stop(mut self) {
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = &self.dir;
+    /// SIGTERM, 20 s to drain, then killed; the temporary directory goes
+    /// with it.
+    fn stop(self) {
+        self.process.stop(Duration::from_secs(20));
     }
 }
 
@@ -295,7 +285,12 @@ fn machine_busy_secs() -> f64 {
         .filter(|(i, _)| *i != 3 && *i != 4)
         .map(|(_, v)| v)
         .sum();
-    busy / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    busy / clock_ticks_per_sec()
+}
+
+/// CPU seconds (user + system) this bench has used so far.
+fn own_cpu_secs() -> f64 {
+    process_cpu_secs(std::process::id()).unwrap_or(0.0)
 }
 
 fn loadavg() -> String {
@@ -307,32 +302,12 @@ fn loadavg() -> String {
         .join(" ")
 }
 
-/// utime + stime from a /proc/<pid>/stat file, in seconds.
-fn cpu_secs_of(path: &str) -> f64 {
-    let stat = std::fs::read_to_string(path).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are 14 and 15.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<f64>().ok()))
-        .sum();
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
-}
-
 fn service_binary(args: &Args) -> PathBuf {
     if let Some(bin) = &args.bin {
         return bin.clone();
     }
     // Cargo builds the package's binaries (release profile) for benches.
     PathBuf::from(env!("CARGO_BIN_EXE_entitlements"))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 fn write_config(dir: &Path, port: u16, args: &Args) -> std::io::Result<PathBuf> {
@@ -391,33 +366,22 @@ async fn start_service(args: &Args) -> anyhow::Result<Service> {
         .clone()
         .unwrap_or_else(|| dir.path().join("service.log"));
     let log = std::fs::File::create(&log_path)?;
-    let child = Command::new(&bin)
+    let mut command = Command::new(&bin);
+    command
         .arg("--config")
         .arg(&config)
         .env("RUST_LOG", &args.service_log)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()?;
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let mut service = Service { child, addr, dir };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(mut c) = Http::connect(addr).await {
-            if let Ok((200, _)) = c.get("/healthz").await {
-                return Ok(service);
-            }
-        }
-        if let Ok(Some(status)) = service.child.try_wait() {
+        .stderr(log);
+    let process = ServiceProcess::start(command, port, "/healthz", Duration::from_secs(30))
+        .await
+        .map_err(|e| {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            anyhow::bail!("the service exited ({status}):\n{log}");
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the service did not answer /healthz within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            anyhow::anyhow!("{e}:\n{log}")
+        })?;
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    Ok(Service { process, addr, dir })
 }
 
 // ---------------------------------------------------------------- plain HTTP/1.1
@@ -590,13 +554,14 @@ async fn follow(
     };
     raw.drain(..body_start);
     let mut decoder = Body::new(chunked);
-    let mut lines = SseLines::default();
+    let mut parser = sse::Parser::default();
     loop {
         let at = now_ns();
         let mut body = Vec::new();
         let done = decoder.decode(&mut raw, &mut body)?;
-        for event in lines.feed(&body) {
-            match event.as_str() {
+        let frames = parser.push(&body).map_err(std::io::Error::other)?;
+        for frame in frames.iter().filter(|f| !f.is_comment()) {
+            match frame.event() {
                 "org.entitlements.snapshot" => {
                     if seen.snapshot_at.load(Ordering::Relaxed) == 0 {
                         seen.snapshot_at.store(at, Ordering::Relaxed);
@@ -688,39 +653,6 @@ impl Body {
     }
 }
 
-/// Splits an SSE body into events; yields each complete event's name.
-#[derive(Default)]
-struct SseLines {
-    partial: Vec<u8>,
-    event: Option<String>,
-    has_data: bool,
-}
-
-impl SseLines {
-    fn feed(&mut self, bytes: &[u8]) -> Vec<String> {
-        let mut events = Vec::new();
-        self.partial.extend_from_slice(bytes);
-        let mut start = 0;
-        while let Some(nl) = self.partial[start..].iter().position(|&b| b == b'\n') {
-            let line = &self.partial[start..start + nl];
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if line.is_empty() {
-                if self.has_data || self.event.is_some() {
-                    events.push(self.event.take().unwrap_or_else(|| "message".into()));
-                }
-                self.has_data = false;
-            } else if let Some(name) = line.strip_prefix(b"event:") {
-                self.event = Some(String::from_utf8_lossy(name).trim().to_owned());
-            } else if line.starts_with(b"data:") {
-                self.has_data = true;
-            }
-            start += nl + 1;
-        }
-        self.partial.drain(..start);
-        events
-    }
-}
-
 /// Opens one stream per (org, tab) and waits for every snapshot.
 async fn open_streams(
     addr: SocketAddr,
@@ -796,25 +728,11 @@ fn change_request(conn: &Http, via: Via, org: &str, tag: &str) -> Vec<u8> {
             &json!({ "sku": SKU }).to_string(),
         ),
         Via::Webhook => {
+            let event_id = format!("evt_{tag}_{org}");
             let pi = format!("pi_{tag}_{org}");
-            let body = json!({
-                "id": format!("evt_{tag}_{org}"),
-                "object": "event",
-                "api_version": "2017-08-15",
-                "created": unix_now(),
-                "type": "payment_intent.succeeded",
-                "data": { "object": {
-                    "id": pi,
-                    "object": "payment_intent",
-                    "amount": 99900,
-                    "currency": "usd",
-                    "status": "succeeded",
-                    "metadata": { "org_id": org, "sku": SKU }
-                }}
-            })
-            .to_string();
-            let signature =
-                actors::signature::sign(body.as_bytes(), WEBHOOK_SECRET, unix_now() as i64);
+            let body =
+                events::payment_intent(&event_id, events::SUCCEEDED, &pi, org, &PRICE).to_string();
+            let signature = sign_now(body.as_bytes(), WEBHOOK_SECRET);
             let mut r = format!(
                 "POST /webhooks/stripe HTTP/1.1\r\nHost: {}\r\nStripe-Signature: {signature}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
                 conn.host,
@@ -1052,7 +970,7 @@ async fn measure_delivery(
         }
         let (cpu_service, cpu_client, cpu_all, window) = (
             service.cpu_secs(),
-            cpu_secs_of("/proc/self/stat"),
+            own_cpu_secs(),
             machine_busy_secs(),
             Instant::now(),
         );
@@ -1068,7 +986,7 @@ async fn measure_delivery(
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let service_used = service.cpu_secs() - cpu_service;
-        let client_used = cpu_secs_of("/proc/self/stat") - cpu_client;
+        let client_used = own_cpu_secs() - cpu_client;
         d.cpu.0 += service_used;
         d.cpu.1 += client_used;
         d.cpu.2 += window.elapsed().as_secs_f64();

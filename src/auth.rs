@@ -3,6 +3,7 @@
 use std::future::{ready, Ready};
 
 use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
+use actors::model::unix_now;
 use actors::org_id::OrgId;
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -55,13 +56,6 @@ pub fn verify_token(secret: &str, token: &str) -> Result<Caller, ApiError> {
         org_id,
         expires_at: claims.exp,
     })
-}
-
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// The caller's org, from `Authorization: Bearer <jwt>`.

@@ -254,7 +254,7 @@ async fn kill_9_of_the_service_mid_load_then_redelivery_ends_exactly_as_the_even
 
     let client = reqwest::Client::new();
     let events = load(100);
-    let service = Service::start(&config, port, &env).await;
+    let service = start_service(&config, port, &env).await;
     let base = service.base.clone();
     let acknowledged = std::sync::atomic::AtomicUsize::new(0);
     let sends = futures_util::stream::iter(events.iter().map(|e| {
@@ -291,7 +291,7 @@ async fn kill_9_of_the_service_mid_load_then_redelivery_ends_exactly_as_the_even
     );
     pending.extend(events.iter().step_by(5));
 
-    let service = Service::start(&config, port, &env).await;
+    let service = start_service(&config, port, &env).await;
     for _round in 0..20 {
         let statuses =
             futures_util::future::join_all(pending.iter().map(|e| send(&client, &service.base, e)))

@@ -73,10 +73,7 @@ async fn deliver_until_200(
         };
         let sent = client
             .post(format!("{base}/webhooks/stripe"))
-            .header(
-                "Stripe-Signature",
-                sign(&body, WEBHOOK_SECRET, unix_now() as i64),
-            )
+            .header("Stripe-Signature", sign_now(&body, WEBHOOK_SECRET))
             .header("Content-Type", "application/json")
             .body(body.clone())
             .send()
@@ -312,7 +309,7 @@ async fn readyz_is_503_while_nats_cannot_be_reached_and_nothing_is_acknowledged(
 
 #[tokio::test]
 async fn a_node_paused_mid_load_wakes_to_a_log_it_cannot_overwrite() {
-    use common::process::{free_port, write_config, Service};
+    use common::process::{free_port, start_service, write_config};
     let _one_at_a_time = FAULTS.lock().await;
     let stream = stream_name("PAUSED_NODE");
     let overrides = jetstream_overrides(&stream, 3);
@@ -321,7 +318,7 @@ async fn a_node_paused_mid_load_wakes_to_a_log_it_cannot_overwrite() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let config = write_config(dir.path(), port, "");
-    let a = Service::start(&config, port, &as_pairs(&overrides)).await;
+    let a = start_service(&config, port, &as_pairs(&overrides)).await;
     let b = node(&stream).await;
     let nodes = RwLock::new(vec![a.base.clone(), b.base.clone()]);
     let orgs = load(12, 30);

@@ -10,6 +10,7 @@ use common::process::*;
 use common::*;
 use futures_util::StreamExt;
 use serde_json::Value;
+use testkit::token::base64url;
 
 #[test]
 fn a_config_that_cannot_work_stops_start_up_with_one_line_naming_the_key() {
@@ -91,7 +92,7 @@ fn the_token_command_prints_a_token_for_the_org() {
     let token = String::from_utf8(out.stdout).unwrap();
     let parts: Vec<&str> = token.trim().split('.').collect();
     assert_eq!(parts.len(), 3);
-    let claims = decode_b64url(parts[1]);
+    let claims = base64url::decode(parts[1]);
     let claims: Value = serde_json::from_slice(&claims).unwrap();
     assert_eq!(claims["org"], "acme");
     let exp = claims["exp"].as_u64().unwrap();
@@ -118,34 +119,12 @@ fn the_token_command_prints_a_token_for_the_org() {
     assert!(!bad.status.success());
 }
 
-fn decode_b64url(s: &str) -> Vec<u8> {
-    let value = |c: u8| match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'-' => 62,
-        _ => 63,
-    };
-    let mut bits = 0u32;
-    let mut n = 0;
-    let mut out = Vec::new();
-    for c in s.bytes() {
-        bits = (bits << 6) | u32::from(value(c));
-        n += 6;
-        if n >= 8 {
-            n -= 8;
-            out.push((bits >> n) as u8);
-        }
-    }
-    out
-}
-
 #[tokio::test]
 async fn sigterm_drains_and_exits_zero_with_every_acknowledged_event_stored() {
     let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
     let port = free_port();
     let config = write_config(dir.path(), port, "");
-    let mut service = Service::start(&config, port, &[]).await;
+    let mut service = start_service(&config, port, &[]).await;
     let client = reqwest::Client::new();
     let events = load(30);
     for event in &events {
@@ -184,7 +163,7 @@ async fn kill_9_mid_load_then_redelivery_until_2xx_ends_exactly_as_the_events_sa
     let client = reqwest::Client::new();
     let events = load(300);
 
-    let service = Service::start(&config, port, &[]).await;
+    let service = start_service(&config, port, &[]).await;
     let base = service.base.clone();
     // Half the load, 32 at a time, killed once some of it is acknowledged.
     let first_half = &events[..events.len() / 2];
@@ -225,7 +204,7 @@ async fn kill_9_mid_load_then_redelivery_until_2xx_ends_exactly_as_the_events_sa
     unacknowledged.extend(first_half.iter().step_by(4));
     unacknowledged.extend(&events[events.len() / 2..]);
 
-    let service = Service::start(&config, port, &[]).await;
+    let service = start_service(&config, port, &[]).await;
     for _round in 0..20 {
         let results = futures_util::future::join_all(
             unacknowledged
@@ -257,7 +236,7 @@ async fn one_webhooks_log_lines_all_carry_its_event_id_and_org_id() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let config = write_config(dir.path(), port, "[logging]\nformat = \"json\"\n");
-    let mut service = Service::start_with_stdout(
+    let mut service = start_service_with_stdout(
         &config,
         port,
         &[("RUST_LOG", "debug")],

@@ -24,7 +24,7 @@ async fn every_rejection_leaves_no_trace() {
     let event = succeeded("evt_reject", "pi_reject", "acme");
     let body = serde_json::to_vec(&event).unwrap();
     let now = unix_now() as i64;
-    let good_sig = hmac_hex(&body, WEBHOOK_SECRET, now);
+    let good_sig = v1_signature(&body, WEBHOOK_SECRET, now);
 
     let cases: Vec<(&str, Vec<u8>, Option<String>)> = vec![
         (
@@ -127,7 +127,7 @@ async fn tolerance_is_inclusive_and_a_rotated_secret_still_verifies() {
     let header = format!(
         "t={now},v1={},v1={}",
         "0".repeat(64),
-        hmac_hex(&body, WEBHOOK_SECRET, now)
+        v1_signature(&body, WEBHOOK_SECRET, now)
     );
     assert_eq!(app.webhook_raw(body, Some(header)).await.status(), 200);
     assert_eq!(app.entitlements("acme").await["entitlements"][SKU], true);

@@ -7,6 +7,7 @@
 //! `bare_webhook --bind 127.0.0.1:8799 --webhook-secret whsec_...`
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actors::model::unix_now;
 use actors::secret::Secret;
 use actors::{signature, stripe_event};
 use clap::Parser;
@@ -40,15 +41,12 @@ async fn webhook(
         .headers()
         .get("Stripe-Signature")
         .and_then(|h| h.to_str().ok());
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
     if signature::verify(
         header,
         &body,
         &verifier.secrets,
         verifier.tolerance_secs,
-        now,
+        unix_now() as i64,
     )
     .is_err()
     {

@@ -4,13 +4,14 @@ use std::time::Duration;
 use actix::Addr;
 use actix_web::{web, HttpRequest};
 use actix_web_lab::sse;
+use actors::model::unix_now;
 use actors::org::{GetSnapshot, Replay, ReplaySince};
 use actors::org_event::OrgEvent;
 use actors::sse_hub::{SseHub, Subscribe, Unsubscribe};
 use futures_util::{stream, StreamExt};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::auth::{unix_now, StreamCaller};
+use crate::auth::StreamCaller;
 use crate::error::ApiError;
 use crate::startup::AppState;
 

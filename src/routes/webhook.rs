@@ -1,6 +1,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use actors::ask::{AskError, Bounded};
 use actors::metrics::{Mailbox, WebhookOutcome};
+use actors::model::unix_now;
 use actors::org::Outcome;
 use actors::stripe::{HandleEvent, StripeActor};
 use actors::{signature, stripe_event};
@@ -9,7 +10,6 @@ use serde::Serialize;
 use tracing::Instrument;
 use utoipa::ToSchema;
 
-use crate::auth::unix_now;
 use crate::error::ApiError;
 use crate::openapi::ErrorBody;
 use crate::startup::AppState;

@@ -1,6 +1,9 @@
 //! Black-box test harness: the real application on port 0, with its own
-//! temporary config and store, driven over HTTP.
-#![allow(dead_code)] // each test file uses part of the harness
+//! temporary config and store, driven over HTTP; the test services' (Stripe
+//! emulator, ClickHouse, NATS) settings. What the loadtest and benches share
+//! with the tests is in the `testkit` crate.
+// Each test file uses part of the harness, and of what it passes on from testkit.
+#![allow(dead_code, unused_imports)]
 
 pub mod localstripe;
 pub mod process;
@@ -9,13 +12,15 @@ pub mod sse;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use entitlements::configuration::Settings;
 use entitlements::startup::{Application, Stopper};
-use hmac::{Hmac, Mac};
-use serde_json::{json, Value};
-use sha2::Sha256;
+use serde_json::Value;
+use testkit::events::{self, Price};
+pub use testkit::signing::{sign, sign_now, v1_signature};
+pub use testkit::token::{jwt_signature, token};
+pub use testkit::unix_now;
 
 pub const WEBHOOK_SECRET: &str = "whsec_test_secret";
 pub const OLD_WEBHOOK_SECRET: &str = "whsec_test_rotated_out";
@@ -196,7 +201,7 @@ impl TestApp {
     /// Sends `event` signed with the current webhook secret, now.
     pub async fn webhook(&self, event: &Value) -> reqwest::Response {
         let body = serde_json::to_vec(event).unwrap();
-        let header = sign(&body, WEBHOOK_SECRET, unix_now() as i64);
+        let header = sign_now(&body, WEBHOOK_SECRET);
         self.webhook_raw(body, Some(header)).await
     }
 
@@ -235,60 +240,12 @@ impl TestApp {
     }
 }
 
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-/// A Stripe-Signature header, computed here independently of the service.
-pub fn sign(body: &[u8], secret: &str, t: i64) -> String {
-    format!("t={t},v1={}", hmac_hex(body, secret, t))
-}
-
-pub fn hmac_hex(body: &[u8], secret: &str, t: i64) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(format!("{t}.").as_bytes());
-    mac.update(body);
-    hex::encode(mac.finalize().into_bytes())
-}
-
-/// An HS256 JWT, built here independently of the service.
-pub fn token(secret: &str, org: &str, exp: u64) -> String {
-    use base64_engine::encode;
-    let header = encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let claims = encode(json!({ "org": org, "exp": exp }).to_string().as_bytes());
-    let signing_input = format!("{header}.{claims}");
-    let signature = jwt_signature(secret, &signing_input);
-    format!("{signing_input}.{signature}")
-}
-
-/// HMAC-SHA256 of a JWT's signing input, base64url-encoded.
-pub fn jwt_signature(secret: &str, signing_input: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(signing_input.as_bytes());
-    base64_engine::encode(&mac.finalize().into_bytes())
-}
-
-/// base64url without padding, as JWTs use; small enough to keep here.
-mod base64_engine {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-    pub fn encode(bytes: &[u8]) -> String {
-        let mut out = String::new();
-        for chunk in bytes.chunks(3) {
-            let b = [
-                chunk[0],
-                *chunk.get(1).unwrap_or(&0),
-                *chunk.get(2).unwrap_or(&0),
-            ];
-            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-            for i in 0..=chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            }
-        }
-        out
+/// The price of every product event the tests send, whatever its SKU.
+pub fn price(sku: &str) -> Price<'_> {
+    Price {
+        sku,
+        amount: 99900,
+        currency: "usd",
     }
 }
 
@@ -299,69 +256,26 @@ pub fn payment_intent_event(
     org: &str,
     sku: &str,
 ) -> Value {
-    json!({
-        "id": event_id,
-        "object": "event",
-        "api_version": "2017-08-15",
-        "created": unix_now(),
-        "type": event_type,
-        "data": { "object": {
-            "id": pi,
-            "object": "payment_intent",
-            "amount": 99900,
-            "currency": "usd",
-            "status": if event_type == "payment_intent.succeeded" { "succeeded" } else { "requires_payment_method" },
-            "metadata": { "org_id": org, "sku": sku }
-        }}
-    })
+    events::payment_intent(event_id, event_type, pi, org, &price(sku))
 }
 
 pub fn succeeded(event_id: &str, pi: &str, org: &str) -> Value {
-    payment_intent_event(event_id, "payment_intent.succeeded", pi, org, SKU)
+    payment_intent_event(event_id, events::SUCCEEDED, pi, org, SKU)
 }
 
 pub fn failed(event_id: &str, pi: &str, org: &str) -> Value {
-    payment_intent_event(event_id, "payment_intent.payment_failed", pi, org, SKU)
+    payment_intent_event(event_id, events::PAYMENT_FAILED, pi, org, SKU)
 }
 
-/// `charge.refunded` for a full refund; `owner` is the charge's metadata.
+/// `charge.refunded` for a full refund; `owner` (org, SKU) is the charge's metadata.
 pub fn refunded(event_id: &str, pi: &str, owner: Option<(&str, &str)>) -> Value {
-    let metadata = owner.map_or(json!({}), |(org, sku)| json!({ "org_id": org, "sku": sku }));
-    json!({
-        "id": event_id,
-        "object": "event",
-        "type": "charge.refunded",
-        "created": unix_now(),
-        "data": { "object": {
-            "id": format!("ch_{pi}"),
-            "object": "charge",
-            "payment_intent": pi,
-            "amount": 99900,
-            "amount_refunded": 99900,
-            "refunded": true,
-            "currency": "usd",
-            "metadata": metadata
-        }}
-    })
+    let (org, sku) = owner.unzip();
+    events::charge_refunded(event_id, pi, &price(sku.unwrap_or(SKU)), org)
 }
 
 pub fn dispute_created(event_id: &str, pi: &str, owner: Option<(&str, &str)>) -> Value {
-    let metadata = owner.map_or(json!({}), |(org, sku)| json!({ "org_id": org, "sku": sku }));
-    json!({
-        "id": event_id,
-        "object": "event",
-        "type": "charge.dispute.created",
-        "created": unix_now(),
-        "data": { "object": {
-            "id": format!("dp_{pi}"),
-            "object": "dispute",
-            "charge": format!("ch_{pi}"),
-            "payment_intent": pi,
-            "amount": 99900,
-            "currency": "usd",
-            "metadata": metadata
-        }}
-    })
+    let (org, sku) = owner.unzip();
+    events::dispute_created(event_id, pi, &price(sku.unwrap_or(SKU)), org)
 }
 
 /// Polls `check` until it returns `Some`, for at most `within`.
@@ -397,10 +311,7 @@ pub fn unique_table(prefix: &str) -> String {
     format!(
         "{prefix}_{}_{}_{n}",
         std::process::id(),
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
+        actors::model::now_ms()
     )
 }
 

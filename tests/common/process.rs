@@ -1,7 +1,7 @@
 //! The service as a separate process, for tests that signal or kill it.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,15 +9,9 @@ use serde_json::Value;
 
 use super::*;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_entitlements");
+pub use testkit::process::{free_port, ServiceProcess};
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub const BIN: &str = env!("CARGO_BIN_EXE_entitlements");
 
 pub fn write_config(dir: &Path, port: u16, extra: &str) -> PathBuf {
     let path = dir.join("config.toml");
@@ -40,64 +34,35 @@ path = "{}"
     path
 }
 
-pub struct Service {
-    pub child: Child,
-    pub base: String,
+/// Starts the binary with `config` plus `env` overrides; waits until ready.
+pub async fn start_service(config: &Path, port: u16, env: &[(&str, &str)]) -> ServiceProcess {
+    start_service_with_stdout(config, port, env, Stdio::null()).await
 }
 
-impl Service {
-    /// Starts the binary with `config` plus `env` overrides; waits until ready.
-    pub async fn start(config: &Path, port: u16, env: &[(&str, &str)]) -> Self {
-        Self::start_with_stdout(config, port, env, Stdio::null()).await
-    }
-
-    /// As `start`, with the service's log lines (stdout) sent to `stdout`;
-    /// `RUST_LOG` is `warn` unless `env` sets it.
-    pub async fn start_with_stdout(
-        config: &Path,
-        port: u16,
-        env: &[(&str, &str)],
-        stdout: Stdio,
-    ) -> Self {
-        let child = Command::new(BIN)
-            .arg("--config")
-            .arg(config)
-            .env("RUST_LOG", "warn")
-            .envs(env.iter().copied())
-            .stdout(stdout)
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let base = format!("http://127.0.0.1:{port}");
-        let client = reqwest::Client::new();
-        eventually(Duration::from_secs(20), || {
-            let req = client.get(format!("{base}/readyz")).send();
-            async move { req.await.ok().filter(|r| r.status() == 200) }
-        })
-        .await;
-        Self { child, base }
-    }
-
-    pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// As `start`, with the service's log lines (stdout) sent to `stdout`;
+/// `RUST_LOG` is `warn` unless `env` sets it.
+pub async fn start_service_with_stdout(
+    config: &Path,
+    port: u16,
+    env: &[(&str, &str)],
+    stdout: Stdio,
+) -> ServiceProcess {
+    let mut command = Command::new(BIN);
+    command
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
+        .stdout(stdout)
+        .stderr(Stdio::inherit());
+    ServiceProcess::start(command, port, "/readyz", Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 pub async fn send(client: &reqwest::Client, base: &str, event: &Value) -> Option<u16> {
     let body = serde_json::to_vec(event).unwrap();
-    let header = sign(&body, WEBHOOK_SECRET, unix_now() as i64);
+    let header = sign_now(&body, WEBHOOK_SECRET);
     let res = client
         .post(format!("{base}/webhooks/stripe"))
         .header("Stripe-Signature", header)

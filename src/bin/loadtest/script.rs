@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use serde_json::{json, Value};
+use serde_json::Value;
+use testkit::events::{self, Price};
 
 /// A product as `GET /v1/billing/products` lists it.
 #[derive(Clone, Debug)]
@@ -14,6 +15,16 @@ pub struct Product {
     pub sku: String,
     pub amount: i64,
     pub currency: String,
+}
+
+impl Product {
+    pub fn price(&self) -> Price<'_> {
+        Price {
+            sku: &self.sku,
+            amount: self.amount,
+            currency: &self.currency,
+        }
+    }
 }
 
 /// Shares of the load shape, each in 0..=1.
@@ -175,7 +186,7 @@ fn payment_chain(
     let mut failed_events = Vec::new();
     for k in 0..failures {
         let id = format!("{base}_f{k}");
-        let body = payment_intent_event(&id, "payment_intent.payment_failed", &pi, &org, product);
+        let body = payment_intent_event(&id, events::PAYMENT_FAILED, &pi, &org, product);
         let action_id = format!("fail_{id}");
         model.actions.insert(
             action_id.clone(),
@@ -197,7 +208,7 @@ fn payment_chain(
     }
     let success = succeeds.then(|| {
         let id = format!("{base}_s");
-        let body = payment_intent_event(&id, "payment_intent.succeeded", &pi, &org, product);
+        let body = payment_intent_event(&id, events::SUCCEEDED, &pi, &org, product);
         let action_id = format!("pay_{pi}");
         model.actions.insert(
             action_id.clone(),
@@ -218,7 +229,7 @@ fn payment_chain(
     });
     let refund_event = refund.then(|| {
         let id = format!("{base}_r");
-        let owner = (!bare).then_some((org.as_str(), product.sku.as_str()));
+        let owner = (!bare).then_some(org.as_str());
         let body = refunded_event(&id, &pi, product, owner);
         let action_id = format!("refund_{id}");
         model.actions.insert(
@@ -278,8 +289,7 @@ fn payment_chain(
                 _ => {
                     // The same PaymentIntent's success told again by another event.
                     let id = format!("{}_again", event.id);
-                    let body =
-                        payment_intent_event(&id, "payment_intent.succeeded", &pi, &org, product);
+                    let body = payment_intent_event(&id, events::SUCCEEDED, &pi, &org, product);
                     if let Some(a) = model.actions.get_mut(&event.action_id) {
                         a.event_ids.insert(id.clone());
                     }
@@ -303,58 +313,13 @@ fn payment_chain(
     Chain { org: o, steps }
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 fn payment_intent_event(id: &str, kind: &str, pi: &str, org: &str, product: &Product) -> Bytes {
-    let status = if kind == "payment_intent.succeeded" {
-        "succeeded"
-    } else {
-        "requires_payment_method"
-    };
-    to_body(json!({
-        "id": id,
-        "object": "event",
-        "api_version": "2017-08-15",
-        "created": unix_now(),
-        "livemode": false,
-        "type": kind,
-        "data": { "object": {
-            "id": pi,
-            "object": "payment_intent",
-            "amount": product.amount,
-            "currency": product.currency,
-            "status": status,
-            "metadata": { "org_id": org, "sku": product.sku }
-        }}
-    }))
+    to_body(events::payment_intent(id, kind, pi, org, &product.price()))
 }
 
-/// `charge.refunded`, fully refunded; `owner` = the charge's metadata.
-fn refunded_event(id: &str, pi: &str, product: &Product, owner: Option<(&str, &str)>) -> Bytes {
-    let metadata = owner.map_or(json!({}), |(org, sku)| json!({ "org_id": org, "sku": sku }));
-    to_body(json!({
-        "id": id,
-        "object": "event",
-        "api_version": "2017-08-15",
-        "created": unix_now(),
-        "livemode": false,
-        "type": "charge.refunded",
-        "data": { "object": {
-            "id": format!("ch_{pi}"),
-            "object": "charge",
-            "payment_intent": pi,
-            "amount": product.amount,
-            "amount_refunded": product.amount,
-            "refunded": true,
-            "currency": product.currency,
-            "metadata": metadata
-        }}
-    }))
+/// `charge.refunded`, fully refunded; `owner` = the org its metadata names.
+fn refunded_event(id: &str, pi: &str, product: &Product, owner: Option<&str>) -> Bytes {
+    to_body(events::charge_refunded(id, pi, &product.price(), owner))
 }
 
 fn to_body(v: Value) -> Bytes {

@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde_json::Value;
+use testkit::sse::{Frame, Parser};
 use tokio::sync::{oneshot, watch};
+
+use crate::new_histogram;
 
 /// Action id → when the first webhook that records it was sent.
 pub type SendTimes = Arc<Mutex<HashMap<String, Instant>>>;
@@ -60,7 +63,7 @@ async fn run(
     ready: oneshot::Sender<Result<u64, String>>,
 ) {
     let mut ready = Some(ready);
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
+    let mut latency = new_histogram();
     let mut stop = config.stop.clone();
     let mut failures = 0u32;
     loop {
@@ -117,7 +120,7 @@ async fn run(
             }
         };
         failures = 0;
-        let mut parser = SseParser::default();
+        let mut parser = Parser::default();
         loop {
             let chunk = tokio::select! {
                 c = response.chunk() => c,
@@ -134,8 +137,16 @@ async fn run(
                     break;
                 }
             };
-            for event in parser.push(&bytes) {
-                on_event(&config, &state, &mut latency, &mut ready, event);
+            match parser.push(&bytes) {
+                Ok(frames) => {
+                    for frame in frames.into_iter().filter(|f| !f.is_comment()) {
+                        on_event(&config, &state, &mut latency, &mut ready, frame);
+                    }
+                }
+                Err(e) => {
+                    note(&state, format!("stream is not UTF-8: {e}"));
+                    break;
+                }
             }
         }
         if *stop.borrow() {
@@ -166,7 +177,7 @@ fn on_event(
     state: &SubscriberState,
     latency: &mut Histogram<u64>,
     ready: &mut Option<oneshot::Sender<Result<u64, String>>>,
-    event: SseEvent,
+    event: Frame,
 ) {
     let received = Instant::now();
     let Some(seq) = event
@@ -176,12 +187,12 @@ fn on_event(
     else {
         note(
             state,
-            format!("stream event without a numeric id: {:?}", event.event),
+            format!("stream event without a numeric id: {:?}", event.event()),
         );
         return;
     };
     let last = state.last.load(Ordering::SeqCst);
-    match event.event.as_str() {
+    match event.event() {
         "org.entitlements.snapshot" => {
             if let Some(tx) = ready.take() {
                 state.last.store(seq, Ordering::SeqCst);
@@ -205,7 +216,7 @@ fn on_event(
                 state.missing.fetch_add(seq - last - 1, Ordering::SeqCst);
             }
             state.last.store(seq, Ordering::SeqCst);
-            let action_id = serde_json::from_str::<Value>(&event.data)
+            let action_id = serde_json::from_str::<Value>(event.data.as_deref().unwrap_or(""))
                 .ok()
                 .and_then(|v| v["actionId"].as_str().map(str::to_owned));
             let sent = action_id.and_then(|id| config.send_times.lock().unwrap().get(&id).copied());
@@ -220,95 +231,4 @@ fn on_event(
 
 fn truncate(s: &str, n: usize) -> String {
     s.chars().take(n).collect()
-}
-
-#[derive(Debug, Default, PartialEq)]
-pub struct SseEvent {
-    pub event: String,
-    pub id: Option<String>,
-    pub data: String,
-}
-
-/// Incremental `text/event-stream` parser (lines end in LF or CRLF).
-#[derive(Default)]
-pub struct SseParser {
-    buffer: Vec<u8>,
-    current: SseEvent,
-    has_data: bool,
-}
-
-impl SseParser {
-    pub fn push(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
-        self.buffer.extend_from_slice(bytes);
-        let mut events = Vec::new();
-        let mut start = 0;
-        while let Some(pos) = self.buffer[start..].iter().position(|&b| b == b'\n') {
-            let end = start + pos;
-            let mut line = &self.buffer[start..end];
-            if line.last() == Some(&b'\r') {
-                line = &line[..line.len() - 1];
-            }
-            let line = String::from_utf8_lossy(line).into_owned();
-            start = end + 1;
-            if line.is_empty() {
-                let event = std::mem::take(&mut self.current);
-                if self.has_data || !event.event.is_empty() {
-                    events.push(event);
-                }
-                self.has_data = false;
-                continue;
-            }
-            if line.starts_with(':') {
-                continue;
-            }
-            let (field, value) = match line.split_once(':') {
-                Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-                None => (line.as_str(), ""),
-            };
-            match field {
-                "event" => self.current.event = value.to_owned(),
-                "id" => self.current.id = Some(value.to_owned()),
-                "data" => {
-                    if self.has_data {
-                        self.current.data.push('\n');
-                    }
-                    self.current.data.push_str(value);
-                    self.has_data = true;
-                }
-                _ => {}
-            }
-        }
-        self.buffer.drain(..start);
-        events
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_split_events_and_comments() {
-        let mut p = SseParser::default();
-        assert!(p
-            .push(b": keep-alive\n\nevent: org.entitlements.snap")
-            .is_empty());
-        let events =
-            p.push(b"shot\r\nid: 0\ndata: {\"seq\":0}\n\nid: 1\nevent: x\ndata: a\ndata: b\n\n");
-        assert_eq!(
-            events,
-            vec![
-                SseEvent {
-                    event: "org.entitlements.snapshot".into(),
-                    id: Some("0".into()),
-                    data: "{\"seq\":0}".into()
-                },
-                SseEvent {
-                    event: "x".into(),
-                    id: Some("1".into()),
-                    data: "a\nb".into()
-                }
-            ]
-        );
-    }
 }

@@ -4,8 +4,9 @@
 //! through a token issued for it.
 #![no_main]
 
-use entitlements::auth::{bearer_token, issue_token, unix_now, verify_token};
+use actors::model::unix_now;
 use actors::org_id::is_identifier;
+use entitlements::auth::{bearer_token, issue_token, verify_token};
 use libfuzzer_sys::fuzz_target;
 
 const SECRET: &str = "fuzz-jwt-secret";
