@@ -13,11 +13,12 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
+use crate::batch::{self, Batched, GroupCommit, Waiting};
 use crate::metrics::Metrics;
 use crate::model::Action;
 use crate::store::{ActionStore, PaymentIntentOwner, StoreError};
@@ -77,22 +78,14 @@ async fn stopped_is_unavailable<T>(
         .unwrap_or_else(|_| Err(StoreError::Unavailable("the store reader stopped".into())))
 }
 
-/// Sent to itself: read what waits once the mailbox is drained.
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Flush;
-
 pub struct StoreReader {
     store: ActionStore,
     orgs: Vec<(String, Reply<Vec<Action>>)>,
     intents: Vec<(String, Reply<Option<PaymentIntentOwner>>)>,
-    reads_in_flight: usize,
-    min_interval: Duration,
-    last_round: Option<Instant>,
-    timer_armed: bool,
+    /// `MAX_READS_IN_FLIGHT` reads, rounds spaced by `min_interval`.
+    commit: GroupCommit,
     /// Which kind the last read was, so that neither kind starves the other.
     last_read_orgs: bool,
-    flush_scheduled: bool,
     /// Keys allowed to wait; beyond it a read fails at once (its request
     /// answers 503 and Stripe or the browser tries again).
     max_waiting: usize,
@@ -110,12 +103,8 @@ impl StoreReader {
             store,
             orgs: Vec::new(),
             intents: Vec::new(),
-            reads_in_flight: 0,
-            min_interval,
-            last_round: None,
-            timer_armed: false,
+            commit: GroupCommit::new(min_interval, MAX_READS_IN_FLIGHT),
             last_read_orgs: false,
-            flush_scheduled: false,
             max_waiting,
             metrics,
         }
@@ -127,59 +116,10 @@ impl StoreReader {
                 "too many store reads are waiting; try again".into(),
             ));
         }
-        if !self.flush_scheduled {
-            // Behind the messages already queued, so that requests arriving
-            // together are read together.
-            self.flush_scheduled = true;
-            ctx.notify(Flush);
-        }
+        // Behind the messages already queued, so that requests arriving
+        // together are read together.
+        batch::schedule_flush(self, ctx);
         Ok(())
-    }
-
-    fn read_waiting(&mut self, ctx: &mut Context<Self>) {
-        if self.orgs.is_empty() && self.intents.is_empty() {
-            return;
-        }
-        let wait = self
-            .last_round
-            .map(|t| self.min_interval.saturating_sub(t.elapsed()))
-            .unwrap_or_default();
-        if !wait.is_zero() {
-            if !self.timer_armed {
-                self.timer_armed = true;
-                ctx.run_later(wait, |act, ctx| {
-                    act.timer_armed = false;
-                    act.read_waiting(ctx);
-                });
-            }
-            return;
-        }
-        if self.reads_in_flight < MAX_READS_IN_FLIGHT {
-            self.last_round = Some(Instant::now());
-        }
-        while self.reads_in_flight < MAX_READS_IN_FLIGHT {
-            let orgs_next =
-                !self.orgs.is_empty() && (self.intents.is_empty() || !self.last_read_orgs);
-            if orgs_next {
-                self.last_read_orgs = true;
-                let batch = take_batch(&mut self.orgs);
-                let org_ids: Vec<String> = batch.keys().cloned().collect();
-                self.metrics.org_load_orgs.observe(org_ids.len() as f64);
-                let store = self.store.clone();
-                let read = async move { store.actions_of_orgs(&org_ids).await };
-                self.spawn_read(ctx, read, batch, Option::unwrap_or_default);
-            } else if !self.intents.is_empty() {
-                self.last_read_orgs = false;
-                let batch = take_batch(&mut self.intents);
-                let ids: Vec<String> = batch.keys().cloned().collect();
-                self.metrics.intent_lookups.observe(ids.len() as f64);
-                let store = self.store.clone();
-                let read = async move { store.owners_of_intents(&ids).await };
-                self.spawn_read(ctx, read, batch, std::convert::identity);
-            } else {
-                return;
-            }
-        }
     }
 
     fn spawn_read<V, T>(
@@ -192,12 +132,43 @@ impl StoreReader {
         V: 'static,
         T: Clone + 'static,
     {
-        self.reads_in_flight += 1;
-        ctx.spawn(read.into_actor(self).map(move |result, act, ctx| {
-            act.reads_in_flight -= 1;
-            answer(batch, result, finish);
-            act.read_waiting(ctx);
-        }));
+        batch::spawn(self, ctx, read, move |result, _, _| {
+            answer(batch, result, finish)
+        });
+    }
+}
+
+impl Batched for StoreReader {
+    fn group_commit(&mut self) -> &mut GroupCommit {
+        &mut self.commit
+    }
+
+    fn waiting(&self) -> Waiting {
+        match self.orgs.is_empty() && self.intents.is_empty() {
+            true => Waiting::Nothing,
+            false => Waiting::Some,
+        }
+    }
+
+    fn start_batch(&mut self, ctx: &mut Context<Self>) {
+        let orgs_next = !self.orgs.is_empty() && (self.intents.is_empty() || !self.last_read_orgs);
+        if orgs_next {
+            self.last_read_orgs = true;
+            let batch = take_batch(&mut self.orgs);
+            let org_ids: Vec<String> = batch.keys().cloned().collect();
+            self.metrics.org_load_orgs.observe(org_ids.len() as f64);
+            let store = self.store.clone();
+            let read = async move { store.actions_of_orgs(&org_ids).await };
+            self.spawn_read(ctx, read, batch, Option::unwrap_or_default);
+        } else {
+            self.last_read_orgs = false;
+            let batch = take_batch(&mut self.intents);
+            let ids: Vec<String> = batch.keys().cloned().collect();
+            self.metrics.intent_lookups.observe(ids.len() as f64);
+            let store = self.store.clone();
+            let read = async move { store.owners_of_intents(&ids).await };
+            self.spawn_read(ctx, read, batch, std::convert::identity);
+        }
     }
 }
 
@@ -260,14 +231,5 @@ impl Handler<FindIntentOwner> for StoreReader {
             Ok(()) => self.intents.push((msg.payment_intent_id, msg.reply)),
             Err(e) => drop(msg.reply.send(Err(e))),
         }
-    }
-}
-
-impl Handler<Flush> for StoreReader {
-    type Result = ();
-
-    fn handle(&mut self, _: Flush, ctx: &mut Context<Self>) {
-        self.flush_scheduled = false;
-        self.read_waiting(ctx);
     }
 }

@@ -1,103 +1,21 @@
-//! PersistenceActor: group commit of action rows into the store.
-//!
-//! Each writer sends one `Persist` and hears back only once the batch holding
-//! its row is durable. A lone request is written at once (no timer to wait
-//! for); rows that arrive while a write is in flight wait for it and then go
-//! together in the next batch, so batches grow with load instead of queries
-//! multiplying. `min_interval` spaces writes for stores that want few, large
-//! inserts (ClickHouse); the embedded store uses zero.
-//!
-//! A new row does not start a write by itself: it schedules one flush for
-//! after the mailbox is drained (actix handles every queued message before
-//! the context's own items). When a write's acks release many writers at
-//! once, their next rows arrive together; flushing on the first of them would
-//! write it alone and make all the others wait for that one-row INSERT.
+//! The PersistenceActor itself: its group commit (`crate::batch`), the
+//! backoff after a failed write, and which writers it refuses.
 
-use std::collections::{HashMap, VecDeque};
-use std::future::Future;
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use tokio::sync::oneshot;
 
+use super::refused::RefusedWriters;
+use super::{
+    CheckReady, GetStats, Persist, PersistError, PersistenceSettings, PersistenceStats, Reply,
+};
+use crate::batch::{self, Batched, GroupCommit, Waiting};
 use crate::drain::{Drain, DrainWaiters};
 use crate::intent_indexer::IndexIntents;
 use crate::metrics::{Mailbox, Metrics};
 use crate::model::{Action, OrgActorId};
 use crate::store::{ActionStore, PaymentIntentOwner, StoreError};
-
-#[derive(Clone, Debug)]
-pub struct PersistenceSettings {
-    pub batch_max_rows: usize,
-    /// Least time between the starts of two writes.
-    pub min_interval: Duration,
-    /// A write that has not finished by then counts as failed.
-    pub write_timeout: Duration,
-    /// Rows allowed to wait; beyond it a writer is told `Overloaded`.
-    pub max_pending: usize,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PersistError {
-    #[error("the action store is unavailable: {0}")]
-    Unavailable(String),
-    #[error("too many actions are waiting to be stored")]
-    Overloaded,
-}
-
-/// Store one action; `reply` hears once it is durable. Send it with
-/// [`persist`]. The message carries its own reply channel because answering
-/// through `Addr::send` costs actix a response channel, a boxed future and a
-/// spawned task for every row: half of the actor's time per row under load.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Persist {
-    /// The org actor that decided `action`, having assumed that every row
-    /// it sent before is stored too.
-    pub writer: OrgActorId,
-    pub action: Action,
-    pub reply: oneshot::Sender<Result<(), PersistError>>,
-}
-
-/// Hands `action` to the actor and resolves once it is durable. Never
-/// refused for a full mailbox: `max_pending` bounds the rows waiting and is
-/// answered with `Overloaded`.
-pub fn persist(
-    to: &Recipient<Persist>,
-    writer: OrgActorId,
-    action: Action,
-) -> impl Future<Output = Result<(), PersistError>> + 'static {
-    let (reply, answer) = oneshot::channel();
-    to.do_send(Persist {
-        writer,
-        action,
-        reply,
-    });
-    async move {
-        answer
-            .await
-            .unwrap_or_else(|_| Err(PersistError::Unavailable("persistence stopped".into())))
-    }
-}
-
-/// Whether the store answers now (for `/readyz`).
-#[derive(Message)]
-#[rtype(result = "Result<(), PersistError>")]
-pub struct CheckReady;
-
-/// What the actor has done, for tests and benchmarks.
-#[derive(Message)]
-#[rtype(result = "PersistenceStats")]
-pub struct GetStats;
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PersistenceStats {
-    pub batches: u64,
-    pub rows: u64,
-    pub failed_batches: u64,
-}
-
-type Reply = oneshot::Sender<Result<(), PersistError>>;
 
 /// A row's writer and the answer it waits for.
 type Waiter = (OrgActorId, Reply);
@@ -106,60 +24,37 @@ pub struct PersistenceActor {
     store: ActionStore,
     settings: PersistenceSettings,
     pending: VecDeque<(Action, Waiter)>,
-    in_flight: bool,
-    last_write_started: Option<Instant>,
-    timer_armed: bool,
+    /// One write in flight, spaced by `settings.min_interval`.
+    commit: GroupCommit,
     /// After a failed write, writes wait until then (doubling backoff) and
     /// new rows are refused at once, so writers get a fast 503.
     retry_at: Option<Instant>,
     backoff: Duration,
-    /// Writers that had a row refused or not stored, and when. Their later
-    /// rows were decided assuming that one, so they are refused too, even
-    /// once the store is back; the org's next actor writes under a new id.
-    refused_writers: HashMap<OrgActorId, Instant>,
-    /// `refused_writers` is pruned when it reaches this size.
-    refused_writers_prune_at: usize,
+    refused_writers: RefusedWriters,
     drain_waiters: DrainWaiters,
     stats: PersistenceStats,
     metrics: Metrics,
-    /// A `Flush` is queued behind the messages already in the mailbox.
-    flush_scheduled: bool,
     /// Told the owners of the PaymentIntents in each durable batch, for
     /// stores that index them apart.
     intent_index: Option<Recipient<IndexIntents>>,
 }
 
-/// Sent to itself: consider a write once the mailbox is drained.
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Flush;
-
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// How long after its last refused row a writer is remembered. An org actor
-/// goes on sending rows until its writes before the refused one are back
-/// (each bounded by `write_timeout`, 3 s in the service), then stops; every
-/// row it sends in between is refused and renews the entry.
-const REFUSED_WRITER_MEMORY: Duration = Duration::from_secs(60);
-const MIN_REFUSED_WRITERS_PRUNE_AT: usize = 1024;
 
 impl PersistenceActor {
     pub fn new(store: ActionStore, settings: PersistenceSettings, metrics: Metrics) -> Self {
         Self {
             store,
+            commit: GroupCommit::new(settings.min_interval, 1),
             settings,
             pending: VecDeque::new(),
-            in_flight: false,
-            last_write_started: None,
-            timer_armed: false,
             retry_at: None,
             backoff: MIN_BACKOFF,
-            refused_writers: HashMap::new(),
-            refused_writers_prune_at: MIN_REFUSED_WRITERS_PRUNE_AT,
+            refused_writers: RefusedWriters::new(),
             drain_waiters: DrainWaiters::default(),
             stats: PersistenceStats::default(),
             metrics,
-            flush_scheduled: false,
             intent_index: None,
         }
     }
@@ -169,62 +64,83 @@ impl PersistenceActor {
         self
     }
 
-    /// Answers `err` and refuses the writer's later rows (for
-    /// `REFUSED_WRITER_MEMORY` after this one).
+    /// Answers `err` and refuses the writer's later rows.
     fn refuse(&mut self, (writer, reply): Waiter, err: PersistError) {
-        let now = Instant::now();
-        if self.refused_writers.len() >= self.refused_writers_prune_at {
-            self.refused_writers
-                .retain(|_, at| now.duration_since(*at) < REFUSED_WRITER_MEMORY);
-            self.refused_writers_prune_at =
-                (self.refused_writers.len() * 2).max(MIN_REFUSED_WRITERS_PRUNE_AT);
-        }
-        self.refused_writers.insert(writer, now);
+        self.refused_writers.insert(writer, Instant::now());
         let _ = reply.send(Err(err));
     }
 
-    fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
-        if !self.flush_scheduled {
-            self.flush_scheduled = true;
-            ctx.notify(Flush);
+    fn written(&mut self, result: Result<(), StoreError>, batch: WrittenBatch) {
+        let WrittenBatch {
+            started,
+            row_count,
+            waiters,
+            owners,
+        } = batch;
+        self.metrics
+            .flush_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(()) => {
+                self.metrics.persisted_batches.inc();
+                self.metrics.persisted_rows.inc_by(row_count);
+                self.stats.batches += 1;
+                self.stats.rows += row_count;
+                self.retry_at = None;
+                self.backoff = MIN_BACKOFF;
+                for (_, reply) in waiters {
+                    let _ = reply.send(Ok(()));
+                }
+                if let Some(index) = self.intent_index.as_ref().filter(|_| !owners.is_empty()) {
+                    index.do_send(IndexIntents(owners));
+                }
+            }
+            Err(StoreError::Unavailable(msg)) => {
+                tracing::warn!(error = %msg, rows = row_count, backoff_ms = self.backoff.as_millis() as u64, "action batch not stored");
+                self.stats.failed_batches += 1;
+                self.metrics.store_errors.inc();
+                self.retry_at = Some(Instant::now() + self.backoff);
+                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                let err = PersistError::Unavailable(msg);
+                for waiter in waiters {
+                    self.refuse(waiter, err.clone());
+                }
+                // Rows queued behind the failed write would only wait out
+                // the backoff: tell their writers now.
+                for (_, waiter) in std::mem::take(&mut self.pending) {
+                    self.refuse(waiter, err.clone());
+                }
+            }
+        }
+    }
+}
+
+/// What a write in flight answers once it is back.
+struct WrittenBatch {
+    started: Instant,
+    row_count: u64,
+    waiters: Vec<Waiter>,
+    owners: Vec<(String, PaymentIntentOwner)>,
+}
+
+impl Batched for PersistenceActor {
+    fn group_commit(&mut self) -> &mut GroupCommit {
+        &mut self.commit
+    }
+
+    fn waiting(&self) -> Waiting {
+        match self.pending.len() {
+            0 => Waiting::Nothing,
+            n if n >= self.settings.batch_max_rows => Waiting::Full,
+            _ => Waiting::Some,
         }
     }
 
-    fn maybe_flush(&mut self, ctx: &mut Context<Self>) {
-        if self.in_flight {
-            return;
-        }
-        if self.pending.is_empty() {
-            self.drain_waiters.release();
-            return;
-        }
-        let now = Instant::now();
-        let spacing = self
-            .last_write_started
-            .map(|t| self.settings.min_interval.saturating_sub(now - t))
-            .unwrap_or_default();
-        let full = self.pending.len() >= self.settings.batch_max_rows;
-        let wait = if full && self.retry_at.is_none() {
-            Duration::ZERO
-        } else {
-            spacing
-        };
-        let wait = wait.max(
-            self.retry_at
-                .map(|t| t.saturating_duration_since(now))
-                .unwrap_or_default(),
-        );
-        if !wait.is_zero() {
-            if !self.timer_armed {
-                self.timer_armed = true;
-                ctx.run_later(wait, |act, ctx| {
-                    act.timer_armed = false;
-                    act.maybe_flush(ctx);
-                });
-            }
-            return;
-        }
+    fn not_before(&self) -> Option<Instant> {
+        self.retry_at
+    }
 
+    fn start_batch(&mut self, ctx: &mut Context<Self>) {
         let take = self.pending.len().min(self.settings.batch_max_rows);
         let (rows, waiters): (Vec<Action>, Vec<Waiter>) = self.pending.drain(..take).unzip();
         let owners: Vec<(String, PaymentIntentOwner)> = match self.intent_index {
@@ -240,8 +156,6 @@ impl PersistenceActor {
                 .collect(),
             None => Vec::new(),
         };
-        self.in_flight = true;
-        self.last_write_started = Some(now);
         let store = self.store.clone();
         let timeout = self.settings.write_timeout;
         let row_count = rows.len() as u64;
@@ -254,43 +168,19 @@ impl PersistenceActor {
                 ))),
             }
         };
-        ctx.spawn(write.into_actor(self).map(move |result, act, ctx| {
-            act.in_flight = false;
-            act.metrics.flush_seconds.observe(now.elapsed().as_secs_f64());
-            match result {
-                Ok(()) => {
-                    act.metrics.persisted_batches.inc();
-                    act.metrics.persisted_rows.inc_by(row_count);
-                    act.stats.batches += 1;
-                    act.stats.rows += row_count;
-                    act.retry_at = None;
-                    act.backoff = MIN_BACKOFF;
-                    for (_, reply) in waiters {
-                        let _ = reply.send(Ok(()));
-                    }
-                    if let Some(index) = act.intent_index.as_ref().filter(|_| !owners.is_empty()) {
-                        index.do_send(IndexIntents(owners));
-                    }
-                }
-                Err(StoreError::Unavailable(msg)) => {
-                    tracing::warn!(error = %msg, rows = row_count, backoff_ms = act.backoff.as_millis() as u64, "action batch not stored");
-                    act.stats.failed_batches += 1;
-                    act.metrics.store_errors.inc();
-                    act.retry_at = Some(Instant::now() + act.backoff);
-                    act.backoff = (act.backoff * 2).min(MAX_BACKOFF);
-                    let err = PersistError::Unavailable(msg);
-                    for waiter in waiters {
-                        act.refuse(waiter, err.clone());
-                    }
-                    // Rows queued behind the failed write would only wait
-                    // out the backoff: tell their writers now.
-                    for (_, waiter) in std::mem::take(&mut act.pending) {
-                        act.refuse(waiter, err.clone());
-                    }
-                }
-            }
-            act.maybe_flush(ctx);
-        }));
+        let batch = WrittenBatch {
+            started: Instant::now(),
+            row_count,
+            waiters,
+            owners,
+        };
+        batch::spawn(self, ctx, write, move |result, act, _| {
+            act.written(result, batch)
+        });
+    }
+
+    fn drained(&mut self) {
+        self.drain_waiters.release();
     }
 }
 
@@ -307,7 +197,7 @@ impl Handler<Persist> for PersistenceActor {
             action,
             reply,
         } = persist;
-        if self.refused_writers.contains_key(&writer) {
+        if self.refused_writers.contains(&writer) {
             let err = PersistError::Unavailable(
                 "an earlier action of this org actor was not stored".into(),
             );
@@ -323,17 +213,8 @@ impl Handler<Persist> for PersistenceActor {
             self.refuse((writer, reply), PersistError::Overloaded);
         } else {
             self.pending.push_back((action, (writer, reply)));
-            self.schedule_flush(ctx);
+            batch::schedule_flush(self, ctx);
         }
-    }
-}
-
-impl Handler<Flush> for PersistenceActor {
-    type Result = ();
-
-    fn handle(&mut self, _: Flush, ctx: &mut Context<Self>) {
-        self.flush_scheduled = false;
-        self.maybe_flush(ctx);
     }
 }
 
@@ -358,7 +239,7 @@ impl Handler<Drain> for PersistenceActor {
 
     fn handle(&mut self, _: Drain, ctx: &mut Context<Self>) -> Self::Result {
         let answer = self.drain_waiters.wait();
-        self.maybe_flush(ctx);
+        batch::flush(self, ctx);
         answer
     }
 }
@@ -375,6 +256,7 @@ impl Handler<GetStats> for PersistenceActor {
 mod tests {
     use super::*;
     use crate::model::{now_ms, ActionKind, ActionStatus};
+    use crate::persistence::persist;
     use crate::store::{ClickHouseSettings, ClickHouseStore, EmbeddedStore};
 
     fn action(org_id: &str, id: &str, seq: u64) -> Action {
