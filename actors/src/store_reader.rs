@@ -30,6 +30,9 @@ const MAX_READS_IN_FLIGHT: usize = 4;
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
+/// Requests waiting to be read: each key with who asked.
+type Queue<T> = Vec<(String, Reply<T>)>;
+
 /// Read one org's actions, oldest first; send it with [`load_org`].
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -75,13 +78,13 @@ async fn stopped_is_unavailable<T>(
 ) -> Result<T, StoreError> {
     answer
         .await
-        .unwrap_or_else(|_| Err(StoreError::Unavailable("the store reader stopped".into())))
+        .unwrap_or_else(|_| Err(StoreError::unavailable("the store reader stopped")))
 }
 
 pub struct StoreReader {
     store: ActionStore,
-    orgs: Vec<(String, Reply<Vec<Action>>)>,
-    intents: Vec<(String, Reply<Option<PaymentIntentOwner>>)>,
+    orgs: Queue<Vec<Action>>,
+    intents: Queue<Option<PaymentIntentOwner>>,
     /// `MAX_READS_IN_FLIGHT` reads, rounds spaced by `min_interval`.
     commit: GroupCommit,
     /// Which kind the last read was, so that neither kind starves the other.
@@ -112,8 +115,8 @@ impl StoreReader {
 
     fn admit(&mut self, ctx: &mut Context<Self>) -> Result<(), StoreError> {
         if self.orgs.len() + self.intents.len() >= self.max_waiting {
-            return Err(StoreError::Unavailable(
-                "too many store reads are waiting; try again".into(),
+            return Err(StoreError::unavailable(
+                "too many store reads are waiting; try again",
             ));
         }
         // Behind the messages already queued, so that requests arriving
@@ -126,14 +129,34 @@ impl StoreReader {
         &mut self,
         ctx: &mut Context<Self>,
         read: impl Future<Output = Result<HashMap<String, V>, StoreError>> + 'static,
-        batch: HashMap<String, Vec<Reply<T>>>,
+        mut batch: HashMap<String, Vec<Reply<T>>>,
         finish: fn(Option<V>) -> T,
+        queue: fn(&mut Self) -> &mut Queue<T>,
     ) where
         V: 'static,
         T: Clone + 'static,
     {
-        batch::spawn(self, ctx, read, move |result, _, _| {
-            answer(batch, result, finish)
+        batch::spawn(self, ctx, read, move |result, act, _| {
+            // One org's corrupt row fails the read of every org read with
+            // it: that org is told, the others are read again (without it).
+            let corrupt_org = match &result {
+                Err(err @ StoreError::Corrupt { org_id, .. }) => {
+                    batch.remove(org_id).map(|replies| (err.clone(), replies))
+                }
+                _ => None,
+            };
+            match corrupt_org {
+                Some((err, replies)) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(err.clone()));
+                    }
+                    let others = batch.into_iter().flat_map(|(key, replies)| {
+                        replies.into_iter().map(move |r| (key.clone(), r))
+                    });
+                    queue(act).splice(0..0, others);
+                }
+                None => answer(batch, result, finish),
+            }
         });
     }
 }
@@ -159,7 +182,7 @@ impl Batched for StoreReader {
             self.metrics.org_load_orgs.observe(org_ids.len() as f64);
             let store = self.store.clone();
             let read = async move { store.actions_of_orgs(&org_ids).await };
-            self.spawn_read(ctx, read, batch, Option::unwrap_or_default);
+            self.spawn_read(ctx, read, batch, Option::unwrap_or_default, |r| &mut r.orgs);
         } else {
             self.last_read_orgs = false;
             let batch = take_batch(&mut self.intents);
@@ -167,7 +190,7 @@ impl Batched for StoreReader {
             self.metrics.intent_lookups.observe(ids.len() as f64);
             let store = self.store.clone();
             let read = async move { store.owners_of_intents(&ids).await };
-            self.spawn_read(ctx, read, batch, std::convert::identity);
+            self.spawn_read(ctx, read, batch, std::convert::identity, |r| &mut r.intents);
         }
     }
 }
@@ -175,7 +198,7 @@ impl Batched for StoreReader {
 /// Takes up to `MAX_KEYS_PER_READ` waiting requests, grouped by key: the
 /// same key twice (an org actor restarted while its predecessor's load
 /// waited) is read once and answered twice.
-fn take_batch<T>(waiting: &mut Vec<(String, Reply<T>)>) -> HashMap<String, Vec<Reply<T>>> {
+fn take_batch<T>(waiting: &mut Queue<T>) -> HashMap<String, Vec<Reply<T>>> {
     let take = waiting.len().min(MAX_KEYS_PER_READ);
     let mut batch: HashMap<String, Vec<Reply<T>>> = HashMap::new();
     for (key, reply) in waiting.drain(..take) {
@@ -200,9 +223,9 @@ fn answer<V, T: Clone>(
                 let _ = last.send(Ok(value));
             }
         }
-        Err(StoreError::Unavailable(msg)) => {
+        Err(err) => {
             for reply in batch.into_values().flatten() {
-                let _ = reply.send(Err(StoreError::Unavailable(msg.clone())));
+                let _ = reply.send(Err(err.clone()));
             }
         }
     }
@@ -231,5 +254,62 @@ impl Handler<FindIntentOwner> for StoreReader {
             Ok(()) => self.intents.push((msg.payment_intent_id, msg.reply)),
             Err(e) => drop(msg.reply.send(Err(e))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{now_ms, ActionKind, ActionStatus};
+    use crate::store::EmbeddedStore;
+
+    fn payment(org_id: &str, id: &str) -> Action {
+        Action {
+            id: id.into(),
+            org_id: org_id.into(),
+            seq: 1,
+            kind: ActionKind::Payment,
+            status: ActionStatus::Delivered,
+            sku: "pro".into(),
+            external_id: format!("pi_{id}"),
+            event_id: None,
+            amount: 100,
+            currency: "usd".into(),
+            created_at_ms: now_ms(),
+            simulated: true,
+        }
+    }
+
+    /// One org's corrupt row must not fail the loads read in the same query.
+    #[actix::test]
+    async fn a_corrupt_row_fails_its_own_org_only() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("actions.db");
+        let store = ActionStore::Embedded(EmbeddedStore::new(&path));
+        store.migrate().await.expect("create the store");
+        let rows = vec![payment("acme", "a1"), payment("broken", "b1")];
+        store.insert_batch(rows).await.expect("store the rows");
+        rusqlite::Connection::open(&path)
+            .and_then(|c| c.execute("UPDATE actions SET kind = 'bogus' WHERE id = 'b1'", []))
+            .expect("spoil a row");
+
+        let reader = StoreReader::new(store, Duration::ZERO, 100, Metrics::new())
+            .start()
+            .recipient();
+        // Both are queued before the reader runs: one query reads them.
+        let broken = load_org(&reader, "broken".into());
+        let acme = load_org(&reader, "acme".into());
+        let (broken, acme) = (broken.await, acme.await);
+
+        assert!(
+            matches!(&broken, Err(StoreError::Corrupt { org_id, row, .. })
+                if org_id == "broken" && row == "b1"),
+            "{broken:?}"
+        );
+        let acme = acme.expect("acme's actions");
+        assert_eq!(
+            acme.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+            ["a1"]
+        );
     }
 }

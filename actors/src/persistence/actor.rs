@@ -13,7 +13,7 @@ use super::{
 use crate::batch::{self, Batched, GroupCommit, Waiting};
 use crate::drain::{Drain, DrainWaiters};
 use crate::intent_indexer::IndexIntents;
-use crate::metrics::{Mailbox, Metrics};
+use crate::metrics::{Mailbox, Metrics, StoreOperation};
 use crate::model::{Action, OrgActorId};
 use crate::store::{ActionStore, PaymentIntentOwner, StoreError};
 
@@ -88,21 +88,22 @@ impl PersistenceActor {
                 self.stats.rows += row_count;
                 self.retry_at = None;
                 self.backoff = MIN_BACKOFF;
-                for (_, reply) in waiters {
+                for (_, (_, reply)) in waiters {
                     let _ = reply.send(Ok(()));
                 }
                 if let Some(index) = self.intent_index.as_ref().filter(|_| !owners.is_empty()) {
                     index.do_send(IndexIntents(owners));
                 }
             }
-            Err(StoreError::Unavailable(msg)) => {
-                tracing::warn!(error = %msg, rows = row_count, backoff_ms = self.backoff.as_millis() as u64, "action batch not stored");
+            Err(err @ StoreError::Conflict { .. }) => self.conflicted(err, waiters),
+            Err(err) => {
+                tracing::warn!(error = %err, rows = row_count, backoff_ms = self.backoff.as_millis() as u64, "action batch not stored");
                 self.stats.failed_batches += 1;
-                self.metrics.store_errors.inc();
+                self.metrics.store_error(StoreOperation::Write, err.kind());
                 self.retry_at = Some(Instant::now() + self.backoff);
                 self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
-                let err = PersistError::Unavailable(msg);
-                for waiter in waiters {
+                let err = PersistError::Store(err);
+                for (_, waiter) in waiters {
                     self.refuse(waiter, err.clone());
                 }
                 // Rows queued behind the failed write would only wait out
@@ -113,13 +114,55 @@ impl PersistenceActor {
             }
         }
     }
+
+    /// One row of the batch gives an (org, seq) that another stored action
+    /// holds. The store answers, so there is no backoff and the queue goes
+    /// on; nothing of the batch was written (one transaction). Its writer
+    /// is told `Conflict` and stops to re-read its org; the batch's other
+    /// writers are refused too (their later rows assumed these) and try
+    /// again as new actors.
+    fn conflicted(&mut self, conflict: StoreError, waiters: Vec<(String, Waiter)>) {
+        let StoreError::Conflict {
+            org_id,
+            seq,
+            action_id,
+            ..
+        } = &conflict
+        else {
+            unreachable!("called with a conflict")
+        };
+        tracing::error!(%org_id, seq, %action_id, error = %conflict, rows = waiters.len(),
+            "action conflicts with a stored one; its org actor re-reads the org");
+        self.stats.failed_batches += 1;
+        self.metrics
+            .store_error(StoreOperation::Write, conflict.kind());
+        let not_stored = PersistError::Store(StoreError::unavailable(format!(
+            "not stored: action {action_id} of org {org_id}, written with it, conflicted"
+        )));
+        let conflicting = action_id.clone();
+        for (id, waiter) in waiters {
+            match id == conflicting {
+                true => self.refuse(waiter, PersistError::Store(conflict.clone())),
+                false => self.refuse(waiter, not_stored.clone()),
+            }
+        }
+        // Queued rows of the writers just refused assumed the rows refused.
+        let (refused, kept): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|(_, (writer, _))| self.refused_writers.contains(writer));
+        self.pending = kept;
+        for (_, waiter) in refused {
+            self.refuse(waiter, not_stored.clone());
+        }
+    }
 }
 
 /// What a write in flight answers once it is back.
 struct WrittenBatch {
     started: Instant,
     row_count: u64,
-    waiters: Vec<Waiter>,
+    /// Each row's id and who waits for it.
+    waiters: Vec<(String, Waiter)>,
     owners: Vec<(String, PaymentIntentOwner)>,
 }
 
@@ -142,7 +185,14 @@ impl Batched for PersistenceActor {
 
     fn start_batch(&mut self, ctx: &mut Context<Self>) {
         let take = self.pending.len().min(self.settings.batch_max_rows);
-        let (rows, waiters): (Vec<Action>, Vec<Waiter>) = self.pending.drain(..take).unzip();
+        let (rows, waiters): (Vec<Action>, Vec<(String, Waiter)>) = self
+            .pending
+            .drain(..take)
+            .map(|(action, waiter)| {
+                let id = action.id.clone();
+                (action, (id, waiter))
+            })
+            .unzip();
         let owners: Vec<(String, PaymentIntentOwner)> = match self.intent_index {
             Some(_) => rows
                 .iter()
@@ -163,9 +213,10 @@ impl Batched for PersistenceActor {
         let write = async move {
             match tokio::time::timeout(timeout, store.insert_batch(rows)).await {
                 Ok(result) => result,
-                Err(_) => Err(StoreError::Unavailable(format!(
-                    "write timed out after {timeout:?}"
-                ))),
+                Err(elapsed) => Err(StoreError::unavailable_from(
+                    format_args!("write timed out after {timeout:?}"),
+                    elapsed,
+                )),
             }
         };
         let batch = WrittenBatch {
@@ -198,15 +249,15 @@ impl Handler<Persist> for PersistenceActor {
             reply,
         } = persist;
         if self.refused_writers.contains(&writer) {
-            let err = PersistError::Unavailable(
-                "an earlier action of this org actor was not stored".into(),
-            );
+            let err = PersistError::Store(StoreError::unavailable(
+                "an earlier action of this org actor was not stored",
+            ));
             self.refuse((writer, reply), err);
         } else if let Some(retry_at) = self.retry_at.filter(|t| *t > Instant::now()) {
             let wait_ms = (retry_at - Instant::now()).as_millis();
-            let err = PersistError::Unavailable(format!(
+            let err = PersistError::Store(StoreError::unavailable(format!(
                 "store failed recently; next attempt in {wait_ms} ms"
-            ));
+            )));
             self.refuse((writer, reply), err);
         } else if self.pending.len() >= self.settings.max_pending {
             self.metrics.mailbox_full(Mailbox::Persistence);
@@ -227,8 +278,8 @@ impl Handler<CheckReady> for PersistenceActor {
         Box::pin(async move {
             match tokio::time::timeout(timeout, store.ping()).await {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(StoreError::Unavailable(msg))) => Err(PersistError::Unavailable(msg)),
-                Err(_) => Err(PersistError::Unavailable("ping timed out".into())),
+                Ok(Err(e)) => Err(PersistError::Store(e)),
+                Err(_) => Err(StoreError::unavailable("ping timed out").into()),
             }
         })
     }
@@ -304,25 +355,28 @@ mod tests {
         // waits for its write, the second finds no room.
         let first = persist(&to, acme, action("acme", "a1", 1));
         let second = persist(&to, acme, action("acme", "a2", 2));
-        assert_eq!(first.await, Ok(()));
-        assert_eq!(second.await, Err(PersistError::Overloaded));
+        let (first, second) = (first.await, second.await);
+        assert!(matches!(first, Ok(())), "{first:?}");
+        assert!(
+            matches!(second, Err(PersistError::Overloaded)),
+            "{second:?}"
+        );
 
         // There is room again, but a3 was decided assuming a2.
         let third = persist(&to, acme, action("acme", "a3", 3)).await;
         assert!(
-            matches!(third, Err(PersistError::Unavailable(_))),
+            matches!(
+                third,
+                Err(PersistError::Store(StoreError::Unavailable { .. }))
+            ),
             "{third:?}"
         );
         // Other writers are not affected; nor is the org's next actor.
         let acme_again = OrgActorId::next();
-        assert_eq!(
-            persist(&to, globex, action("globex", "g1", 1)).await,
-            Ok(())
-        );
-        assert_eq!(
-            persist(&to, acme_again, action("acme", "a2", 2)).await,
-            Ok(())
-        );
+        let other = persist(&to, globex, action("globex", "g1", 1)).await;
+        assert!(matches!(other, Ok(())), "{other:?}");
+        let next_actor = persist(&to, acme_again, action("acme", "a2", 2)).await;
+        assert!(matches!(next_actor, Ok(())), "{next_actor:?}");
 
         assert_eq!(stored_ids(&store, "acme").await, ["a1", "a2"]);
         assert_eq!(stored_ids(&store, "globex").await, ["g1"]);
@@ -365,7 +419,10 @@ mod tests {
 
         let first = persist(&to, acme, action("acme", "a1", 1)).await;
         assert!(
-            matches!(first, Err(PersistError::Unavailable(_))),
+            matches!(
+                first,
+                Err(PersistError::Store(StoreError::Unavailable { .. }))
+            ),
             "{first:?}"
         );
         assert_eq!(failed_batches().await, 1);
@@ -374,7 +431,10 @@ mod tests {
         tokio::time::sleep(MIN_BACKOFF + Duration::from_millis(50)).await;
         let other = persist(&to, globex, action("globex", "g1", 1)).await;
         assert!(
-            matches!(other, Err(PersistError::Unavailable(_))),
+            matches!(
+                other,
+                Err(PersistError::Store(StoreError::Unavailable { .. }))
+            ),
             "{other:?}"
         );
         assert_eq!(failed_batches().await, 2);
@@ -383,9 +443,54 @@ mod tests {
         tokio::time::sleep(MIN_BACKOFF * 2 + Duration::from_millis(50)).await;
         let second = persist(&to, acme, action("acme", "a2", 2)).await;
         assert!(
-            matches!(second, Err(PersistError::Unavailable(_))),
+            matches!(
+                second,
+                Err(PersistError::Store(StoreError::Unavailable { .. }))
+            ),
             "{second:?}"
         );
         assert_eq!(failed_batches().await, 2, "a2 must not have been written");
+    }
+
+    /// Two actors of one org (the old one still writing as its successor
+    /// starts) give the same seq: the second is a conflict, not an outage.
+    #[actix::test]
+    async fn a_conflict_is_answered_as_one_and_does_not_hold_back_the_store() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = ActionStore::Embedded(EmbeddedStore::new(dir.path().join("actions.db")));
+        store.migrate().await.expect("create the store");
+        let settings = PersistenceSettings {
+            batch_max_rows: 100,
+            min_interval: Duration::ZERO,
+            write_timeout: Duration::from_secs(10),
+            max_pending: 100,
+        };
+        let metrics = Metrics::new();
+        let to = PersistenceActor::new(store.clone(), settings, metrics.clone())
+            .start()
+            .recipient();
+        let (acme, acme_successor, globex) =
+            (OrgActorId::next(), OrgActorId::next(), OrgActorId::next());
+
+        let first = persist(&to, acme, action("acme", "a1", 1)).await;
+        assert!(matches!(first, Ok(())), "{first:?}");
+        let second = persist(&to, acme_successor, action("acme", "b1", 1)).await;
+        assert!(
+            matches!(&second, Err(PersistError::Store(StoreError::Conflict { org_id, seq: 1, action_id, .. }))
+                if org_id == "acme" && action_id == "b1"),
+            "{second:?}"
+        );
+        // The store answers: no backoff holds other writers back.
+        let other = persist(&to, globex, action("globex", "g1", 1)).await;
+        assert!(matches!(other, Ok(())), "{other:?}");
+
+        assert_eq!(stored_ids(&store, "acme").await, ["a1"]);
+        let text = metrics.render();
+        assert!(
+            text.contains(
+                "entitlements_store_errors_by_kind_total{operation=\"write\",kind=\"conflict\"} 1"
+            ),
+            "{text}"
+        );
     }
 }

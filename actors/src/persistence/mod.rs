@@ -23,6 +23,7 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use crate::model::{Action, OrgActorId};
+use crate::store::StoreError;
 
 pub use self::actor::PersistenceActor;
 
@@ -39,8 +40,11 @@ pub struct PersistenceSettings {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PersistError {
-    #[error("the action store is unavailable: {0}")]
-    Unavailable(String),
+    /// The store did not take the row (`Conflict`: it never will), or the
+    /// row was refused untried (`Unavailable`) because the store failed just
+    /// before or an earlier row of its writer was not stored.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("too many actions are waiting to be stored")]
     Overloaded,
 }
@@ -76,7 +80,7 @@ pub fn persist(
     async move {
         answer
             .await
-            .unwrap_or_else(|_| Err(PersistError::Unavailable("persistence stopped".into())))
+            .unwrap_or_else(|_| Err(StoreError::unavailable("persistence stopped").into()))
     }
 }
 

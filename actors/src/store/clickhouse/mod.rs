@@ -28,7 +28,7 @@ use clickhouse::Client;
 use tokio::sync::Semaphore;
 
 use self::rows::{ActionRow, OwnerRow};
-use super::{PaymentIntentOwner, StoreError};
+use super::{Cause, PaymentIntentOwner, StoreError};
 use crate::model::Action;
 use crate::secret::Secret;
 
@@ -72,7 +72,7 @@ impl ClickHouseStore {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_');
         if !table_ok {
-            return Err(StoreError::Unavailable(format!(
+            return Err(StoreError::unavailable(format!(
                 "invalid ClickHouse table name {:?}: use only A-Z, a-z, 0-9 and _",
                 settings.table
             )));
@@ -276,7 +276,7 @@ impl ClickHouseStore {
                 .expect("the semaphore is never closed");
             fut.await
         };
-        let message = match tokio::time::timeout(timeout, bounded).await {
+        let (message, source) = match tokio::time::timeout(timeout, bounded).await {
             Ok(Ok(value)) => return Ok(value),
             Ok(Err(err)) => {
                 // The crate's top-level text can be as vague as "client error
@@ -290,15 +290,23 @@ impl ClickHouseStore {
                     }
                     source = cause.source();
                 }
-                message
+                // Kept as the source only without a password to scrub.
+                let source: Option<Cause> = match self.password.is_empty() {
+                    true => Some(Arc::new(err)),
+                    false => None,
+                };
+                (message, source)
             }
-            Err(_) => format!("clickhouse {op}: no answer within {timeout:?}"),
+            Err(elapsed) => {
+                let message = format!("clickhouse {op}: no answer within {timeout:?}");
+                (message, Some(Arc::new(elapsed) as Cause))
+            }
         };
         let message = if self.password.is_empty() {
             message
         } else {
             message.replace(self.password.expose(), "<redacted>")
         };
-        Err(StoreError::Unavailable(message))
+        Err(StoreError::Unavailable { message, source })
     }
 }

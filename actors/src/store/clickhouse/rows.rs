@@ -56,8 +56,11 @@ impl TryFrom<ActionRow> for Action {
     type Error = StoreError;
 
     fn try_from(r: ActionRow) -> Result<Self, StoreError> {
-        let corrupt = |what: &str, value: &str| {
-            StoreError::Unavailable(format!("action {}: unknown {what} {value:?}", r.id))
+        let corrupt = |what: &str, value: &str| StoreError::Corrupt {
+            org_id: r.org_id.clone(),
+            row: r.id.clone(),
+            message: format!("unknown {what} {value:?}"),
+            source: None,
         };
         let kind = ActionKind::parse(&r.kind).ok_or_else(|| corrupt("kind", &r.kind))?;
         let status = ActionStatus::parse(&r.status).ok_or_else(|| corrupt("status", &r.status))?;

@@ -5,6 +5,7 @@ use async_nats::jetstream;
 
 use super::{encode, JetStreamStore};
 use crate::model::{Action, ActionKind, ActionStatus};
+use crate::store::StoreError;
 
 /// Why an append did not land.
 #[derive(Debug, thiserror::Error)]
@@ -15,7 +16,7 @@ pub enum AppendError {
     /// NATS did not take or acknowledge the write; it may or may not have
     /// landed.
     #[error("the stream did not acknowledge the write: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] StoreError),
 }
 
 /// Whether JetStream refused a publish because the subject's last message
@@ -66,10 +67,13 @@ impl JetStreamStore {
             Ok(Ok(ack)) if ack.duplicate => Err(AppendError::Stale { expected }),
             Ok(Ok(ack)) => Ok(ack.sequence),
             Ok(Err(e)) if refused_by_sequence_check(&e) => Err(AppendError::Stale { expected }),
-            Ok(Err(e)) => Err(AppendError::Unavailable(e.to_string())),
-            Err(_) => Err(AppendError::Unavailable(format!(
-                "no ack within {:?}",
-                self.timeout
+            Ok(Err(e)) => Err(AppendError::Unavailable(StoreError::unavailable_from(
+                "JetStream publish",
+                e,
+            ))),
+            Err(elapsed) => Err(AppendError::Unavailable(StoreError::unavailable_from(
+                format_args!("no ack within {:?}", self.timeout),
+                elapsed,
             ))),
         }
     }

@@ -21,7 +21,6 @@ mod append;
 mod record;
 
 use std::collections::HashMap;
-use std::fmt;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
@@ -59,8 +58,8 @@ pub struct JetStreamStore {
 /// How long start-up waits for JetStream to create the stream and buckets.
 const SETUP_WAIT: Duration = Duration::from_secs(30);
 
-fn unavailable(what: &str, e: impl fmt::Display) -> StoreError {
-    StoreError::Unavailable(format!("JetStream {what}: {e}"))
+fn unavailable(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::unavailable_from(format_args!("JetStream {what}"), e)
 }
 
 impl JetStreamStore {
@@ -214,7 +213,7 @@ impl JetStreamStore {
 
     pub async fn ping(&self) -> Result<(), StoreError> {
         if self.client.connection_state() != async_nats::connection::State::Connected {
-            return Err(StoreError::Unavailable("not connected to NATS".into()));
+            return Err(StoreError::unavailable("not connected to NATS"));
         }
         self.context
             .get_stream_no_info(&self.stream)
@@ -260,10 +259,12 @@ impl JetStreamStore {
             match decode(org_id, raw.sequence, &raw.payload) {
                 Some(message) => messages.push(message),
                 None => {
-                    return Err(StoreError::Unavailable(format!(
-                        "JetStream message {} of org {org_id} is not an action record",
-                        raw.sequence
-                    )))
+                    return Err(StoreError::Corrupt {
+                        org_id: org_id.to_owned(),
+                        row: format!("stream message {}", raw.sequence),
+                        message: "not an action record".into(),
+                        source: None,
+                    })
                 }
             }
         }
