@@ -62,7 +62,7 @@ impl IntentIndexer {
             self.failed_writes += 1;
             if self.failed_writes == 1 {
                 tracing::warn!(error = %e, owners = owners.len(),
-                    "PaymentIntent owners not indexed yet; retried each tick");
+                    "PaymentIntent owners not indexed yet; retried every flush_every");
             } else {
                 tracing::debug!(error = %e, owners = owners.len(),
                     failed_writes = self.failed_writes, "PaymentIntent owners still not indexed");
