@@ -260,25 +260,7 @@ impl Handler<FindIntentOwner> for StoreReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{now_ms, ActionKind, ActionStatus};
     use crate::store::EmbeddedStore;
-
-    fn payment(org_id: &str, id: &str) -> Action {
-        Action {
-            id: id.into(),
-            org_id: org_id.into(),
-            seq: 1,
-            kind: ActionKind::Payment,
-            status: ActionStatus::Delivered,
-            sku: "pro".into(),
-            external_id: format!("pi_{id}"),
-            event_id: None,
-            amount: 100,
-            currency: "usd".into(),
-            created_at_ms: now_ms(),
-            simulated: true,
-        }
-    }
 
     /// One org's corrupt row must not fail the loads read in the same query.
     #[actix::test]
@@ -287,7 +269,10 @@ mod tests {
         let path = dir.path().join("actions.db");
         let store = ActionStore::Embedded(EmbeddedStore::new(&path));
         store.migrate().await.expect("create the store");
-        let rows = vec![payment("acme", "a1"), payment("broken", "b1")];
+        let rows = vec![
+            Action::test_payment("acme", "a1", 1),
+            Action::test_payment("broken", "b1", 1),
+        ];
         store.insert_batch(rows).await.expect("store the rows");
         rusqlite::Connection::open(&path)
             .and_then(|c| c.execute("UPDATE actions SET kind = 'bogus' WHERE id = 'b1'", []))

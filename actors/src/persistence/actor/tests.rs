@@ -1,25 +1,32 @@
 //! The PersistenceActor against real stores: whom it refuses, and why.
 
 use super::*;
-use crate::model::{now_ms, ActionKind, ActionStatus};
 use crate::persistence::persist;
 use crate::store::{ClickHouseSettings, ClickHouseStore, EmbeddedStore};
 
 fn action(org_id: &str, id: &str, seq: u64) -> Action {
-    Action {
-        id: id.into(),
-        org_id: org_id.into(),
-        seq,
-        kind: ActionKind::Payment,
-        status: ActionStatus::Delivered,
-        sku: "pro".into(),
-        external_id: format!("pi_{id}"),
-        event_id: None,
-        amount: 100,
-        currency: "usd".into(),
-        created_at_ms: now_ms(),
-        simulated: true,
-    }
+    Action::test_payment(org_id, id, seq)
+}
+
+/// An actor writing to a fresh embedded store, with room for `max_pending`
+/// rows; the directory lives as long as the store is used.
+async fn on_embedded(
+    max_pending: usize,
+    metrics: Metrics,
+) -> (tempfile::TempDir, ActionStore, Recipient<Persist>) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let store = ActionStore::Embedded(EmbeddedStore::new(dir.path().join("actions.db")));
+    store.migrate().await.expect("create the store");
+    let settings = PersistenceSettings {
+        batch_max_rows: 100,
+        min_interval: Duration::ZERO,
+        write_timeout: Duration::from_secs(10),
+        max_pending,
+    };
+    let to = PersistenceActor::new(store.clone(), settings, metrics)
+        .start()
+        .recipient();
+    (dir, store, to)
 }
 
 async fn stored_ids(store: &ActionStore, org_id: &str) -> Vec<String> {
@@ -32,18 +39,7 @@ async fn stored_ids(store: &ActionStore, org_id: &str) -> Vec<String> {
 /// would land without the row it assumed: a gap in the org's seqs.
 #[actix::test]
 async fn a_refused_writers_later_rows_are_refused_even_when_there_is_room() {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let store = ActionStore::Embedded(EmbeddedStore::new(dir.path().join("actions.db")));
-    store.migrate().await.expect("create the store");
-    let settings = PersistenceSettings {
-        batch_max_rows: 100,
-        min_interval: Duration::ZERO,
-        write_timeout: Duration::from_secs(10),
-        max_pending: 1,
-    };
-    let to = PersistenceActor::new(store.clone(), settings, Metrics::new())
-        .start()
-        .recipient();
+    let (_dir, store, to) = on_embedded(1, Metrics::new()).await;
     let (acme, globex) = (OrgActorId::next(), OrgActorId::next());
 
     // Both are in the mailbox before the actor runs: the first row
@@ -151,19 +147,8 @@ async fn a_failed_writers_later_rows_never_reach_the_store() {
 /// starts) give the same seq: the second is a conflict, not an outage.
 #[actix::test]
 async fn a_conflict_is_answered_as_one_and_does_not_hold_back_the_store() {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let store = ActionStore::Embedded(EmbeddedStore::new(dir.path().join("actions.db")));
-    store.migrate().await.expect("create the store");
-    let settings = PersistenceSettings {
-        batch_max_rows: 100,
-        min_interval: Duration::ZERO,
-        write_timeout: Duration::from_secs(10),
-        max_pending: 100,
-    };
     let metrics = Metrics::new();
-    let to = PersistenceActor::new(store.clone(), settings, metrics.clone())
-        .start()
-        .recipient();
+    let (_dir, store, to) = on_embedded(100, metrics.clone()).await;
     let (acme, acme_successor, globex) =
         (OrgActorId::next(), OrgActorId::next(), OrgActorId::next());
 
