@@ -4,6 +4,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use actors::org::OrgError;
+use actors::store::StoreError;
 use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +35,12 @@ pub enum ApiError {
     Stripe(String),
     #[error("{0}")]
     PersistenceUnavailable(String),
+    /// The store did not take the change (any kind: the message names it).
+    #[error("the action could not be recorded: {0}")]
+    NotRecorded(#[source] StoreError),
+    /// A read of the store failed (any kind: the message names it).
+    #[error("the action store could not be read: {0}")]
+    ReadFailed(#[source] StoreError),
     #[error("the service is overloaded; retry later")]
     Overloaded,
     #[error("{0}")]
@@ -54,7 +61,12 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::Stripe(_) => "stripe_error",
-            ApiError::PersistenceUnavailable(_) => "persistence_unavailable",
+            // The contract has no codes of their own for a failed read, a
+            // conflict or a corrupt row: each is the org's change or state
+            // that could not be recorded or loaded, which is this code.
+            ApiError::PersistenceUnavailable(_)
+            | ApiError::NotRecorded(_)
+            | ApiError::ReadFailed(_) => "persistence_unavailable",
             ApiError::Overloaded => "overloaded",
             ApiError::StoreUnavailable(_) => "store_unavailable",
         }
@@ -76,6 +88,8 @@ impl ResponseError for ApiError {
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Stripe(_) => StatusCode::BAD_GATEWAY,
             ApiError::PersistenceUnavailable(_)
+            | ApiError::NotRecorded(_)
+            | ApiError::ReadFailed(_)
             | ApiError::Overloaded
             | ApiError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -107,6 +121,8 @@ impl From<OrgError> for ApiError {
             OrgError::PersistenceUnavailable(msg) => {
                 ApiError::PersistenceUnavailable(format!("the action could not be recorded: {msg}"))
             }
+            OrgError::NotRecorded(e) => ApiError::NotRecorded(e),
+            OrgError::ReadFailed(e) => ApiError::ReadFailed(e),
             OrgError::UnreadableEvent(reason) => ApiError::InvalidPayload(reason),
             OrgError::Stale => ApiError::PersistenceUnavailable(
                 "other nodes kept writing this org first; try again".into(),

@@ -34,6 +34,7 @@
 //!    through the stream's [`follower`]).
 
 pub mod ask;
+mod batch;
 pub mod catalog;
 pub mod directory;
 pub mod drain;

@@ -11,6 +11,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::store::StoreErrorKind;
+
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum WebhookOutcome {
     Recorded,
@@ -25,6 +27,10 @@ pub enum WebhookOutcome {
     RequestTimeout,
     /// Stripe could not be asked whose PaymentIntent an event is about.
     StripeError,
+    /// The event's action conflicts with a stored one of its org.
+    Conflict,
+    /// A stored row of the event's org cannot be read.
+    Corrupt,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -42,6 +48,19 @@ pub enum EventOutcome {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabels {
     pub outcome: EventOutcome,
+}
+
+/// What a failed store operation was doing.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum StoreOperation {
+    Read,
+    Write,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreErrorLabels {
+    pub operation: StoreOperation,
+    pub kind: StoreErrorKind,
 }
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -79,6 +98,14 @@ snake_case_label!(WebhookOutcome {
     Unavailable => "unavailable",
     StripeError => "stripe_error",
     RequestTimeout => "request_timeout",
+    Conflict => "conflict",
+    Corrupt => "corrupt",
+});
+snake_case_label!(StoreOperation { Read => "read", Write => "write" });
+snake_case_label!(StoreErrorKind {
+    Unavailable => "unavailable",
+    Conflict => "conflict",
+    Corrupt => "corrupt",
 });
 snake_case_label!(EventOutcome { Applied => "applied", Duplicate => "duplicate", Ignored => "ignored" });
 snake_case_label!(Mailbox { Org => "org", Stripe => "stripe", Persistence => "persistence" });
@@ -96,7 +123,9 @@ pub struct Inner {
     pub intent_lookups: Histogram,
     pub persisted_batches: Counter,
     pub persisted_rows: Counter,
+    /// Every failed store operation; `store_errors_by_kind` splits them.
     pub store_errors: Counter,
+    store_errors_by_kind: Family<StoreErrorLabels, Counter>,
     pub stream_connections: Gauge,
     pub stream_dropped_slow: Counter,
     pub sse_hub_queue: Gauge,
@@ -132,6 +161,7 @@ impl Metrics {
             persisted_batches: Counter::default(),
             persisted_rows: Counter::default(),
             store_errors: Counter::default(),
+            store_errors_by_kind: Family::default(),
             stream_connections: Gauge::default(),
             stream_dropped_slow: Counter::default(),
             sse_hub_queue: Gauge::default(),
@@ -192,6 +222,12 @@ impl Metrics {
             "store_errors",
             "Store operations that failed",
             inner.store_errors.clone(),
+        );
+        registry.register(
+            "store_errors_by_kind",
+            "Store reads and writes of org actions that failed, by operation and kind \
+             (a conflict or a corrupt row does not pass by itself)",
+            inner.store_errors_by_kind.clone(),
         );
         registry.register(
             "stream_connections",
@@ -277,6 +313,15 @@ impl Metrics {
         self.0.events.get_or_create(&EventLabels { outcome }).inc();
     }
 
+    /// Counts a failed store read or write, in both store metrics.
+    pub fn store_error(&self, operation: StoreOperation, kind: StoreErrorKind) {
+        self.0.store_errors.inc();
+        self.0
+            .store_errors_by_kind
+            .get_or_create(&StoreErrorLabels { operation, kind })
+            .inc();
+    }
+
     pub fn mailbox_full(&self, mailbox: Mailbox) {
         self.0
             .mailbox_full
@@ -311,6 +356,7 @@ mod tests {
         metrics.webhook(WebhookOutcome::Recorded);
         metrics.persisted_rows.inc_by(3);
         metrics.live_org_actors.inc();
+        metrics.store_error(StoreOperation::Read, StoreErrorKind::Corrupt);
         let text = metrics.render();
         assert!(
             text.contains("entitlements_webhooks_total{outcome=\"recorded\"} 1"),
@@ -322,6 +368,13 @@ mod tests {
         );
         assert!(text.contains("entitlements_persist_rows_total 3"), "{text}");
         assert!(text.contains("entitlements_live_org_actors 1"), "{text}");
+        assert!(text.contains("entitlements_store_errors_total 1"), "{text}");
+        assert!(
+            text.contains(
+                "entitlements_store_errors_by_kind_total{operation=\"read\",kind=\"corrupt\"} 1"
+            ),
+            "{text}"
+        );
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

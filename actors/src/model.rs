@@ -94,6 +94,28 @@ pub struct Action {
     pub simulated: bool,
 }
 
+#[cfg(test)]
+impl Action {
+    /// A simulated, delivered payment of `org_id`, for tests of the stores
+    /// and the actors in front of them.
+    pub(crate) fn test_payment(org_id: &str, id: &str, seq: u64) -> Self {
+        Action {
+            id: id.into(),
+            org_id: org_id.into(),
+            seq,
+            kind: ActionKind::Payment,
+            status: ActionStatus::Delivered,
+            sku: "pro".into(),
+            external_id: format!("pi_{id}"),
+            event_id: None,
+            amount: 100,
+            currency: "usd".into(),
+            created_at_ms: now_ms(),
+            simulated: true,
+        }
+    }
+}
+
 /// Milliseconds since the Unix epoch, rendered as RFC 3339 UTC without a
 /// date-time crate: the civil-from-days algorithm is a dozen lines.
 mod rfc3339 {

@@ -16,7 +16,7 @@ use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, StoreOperation};
 use crate::model::now_ms;
 use crate::store::jetstream::decode;
 use crate::store::{ClickHouseStore, JetStreamStore};
@@ -151,7 +151,7 @@ impl Projection {
             match self.clickhouse.insert_batch(rows.clone()).await {
                 Ok(()) => return Ok(()),
                 Err(e) => {
-                    self.metrics.store_errors.inc();
+                    self.metrics.store_error(StoreOperation::Write, e.kind());
                     tracing::warn!(error = %e, rows = rows.len(), "projection INSERT failed; retrying");
                 }
             }

@@ -13,11 +13,12 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
+use crate::batch::{self, Batched, GroupCommit, Waiting};
 use crate::metrics::Metrics;
 use crate::model::Action;
 use crate::store::{ActionStore, PaymentIntentOwner, StoreError};
@@ -28,6 +29,9 @@ const MAX_KEYS_PER_READ: usize = 128;
 const MAX_READS_IN_FLIGHT: usize = 4;
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// Requests waiting to be read: each key with who asked.
+type Queue<T> = Vec<(String, Reply<T>)>;
 
 /// Read one org's actions, oldest first; send it with [`load_org`].
 #[derive(Message)]
@@ -74,25 +78,17 @@ async fn stopped_is_unavailable<T>(
 ) -> Result<T, StoreError> {
     answer
         .await
-        .unwrap_or_else(|_| Err(StoreError::Unavailable("the store reader stopped".into())))
+        .unwrap_or_else(|_| Err(StoreError::unavailable("the store reader stopped")))
 }
-
-/// Sent to itself: read what waits once the mailbox is drained.
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Flush;
 
 pub struct StoreReader {
     store: ActionStore,
-    orgs: Vec<(String, Reply<Vec<Action>>)>,
-    intents: Vec<(String, Reply<Option<PaymentIntentOwner>>)>,
-    reads_in_flight: usize,
-    min_interval: Duration,
-    last_round: Option<Instant>,
-    timer_armed: bool,
+    orgs: Queue<Vec<Action>>,
+    intents: Queue<Option<PaymentIntentOwner>>,
+    /// `MAX_READS_IN_FLIGHT` reads, rounds spaced by `min_interval`.
+    commit: GroupCommit,
     /// Which kind the last read was, so that neither kind starves the other.
     last_read_orgs: bool,
-    flush_scheduled: bool,
     /// Keys allowed to wait; beyond it a read fails at once (its request
     /// answers 503 and Stripe or the browser tries again).
     max_waiting: usize,
@@ -110,12 +106,8 @@ impl StoreReader {
             store,
             orgs: Vec::new(),
             intents: Vec::new(),
-            reads_in_flight: 0,
-            min_interval,
-            last_round: None,
-            timer_armed: false,
+            commit: GroupCommit::new(min_interval, MAX_READS_IN_FLIGHT),
             last_read_orgs: false,
-            flush_scheduled: false,
             max_waiting,
             metrics,
         }
@@ -123,88 +115,90 @@ impl StoreReader {
 
     fn admit(&mut self, ctx: &mut Context<Self>) -> Result<(), StoreError> {
         if self.orgs.len() + self.intents.len() >= self.max_waiting {
-            return Err(StoreError::Unavailable(
-                "too many store reads are waiting; try again".into(),
+            return Err(StoreError::unavailable(
+                "too many store reads are waiting; try again",
             ));
         }
-        if !self.flush_scheduled {
-            // Behind the messages already queued, so that requests arriving
-            // together are read together.
-            self.flush_scheduled = true;
-            ctx.notify(Flush);
-        }
+        // Behind the messages already queued, so that requests arriving
+        // together are read together.
+        batch::schedule_flush(self, ctx);
         Ok(())
-    }
-
-    fn read_waiting(&mut self, ctx: &mut Context<Self>) {
-        if self.orgs.is_empty() && self.intents.is_empty() {
-            return;
-        }
-        let wait = self
-            .last_round
-            .map(|t| self.min_interval.saturating_sub(t.elapsed()))
-            .unwrap_or_default();
-        if !wait.is_zero() {
-            if !self.timer_armed {
-                self.timer_armed = true;
-                ctx.run_later(wait, |act, ctx| {
-                    act.timer_armed = false;
-                    act.read_waiting(ctx);
-                });
-            }
-            return;
-        }
-        if self.reads_in_flight < MAX_READS_IN_FLIGHT {
-            self.last_round = Some(Instant::now());
-        }
-        while self.reads_in_flight < MAX_READS_IN_FLIGHT {
-            let orgs_next =
-                !self.orgs.is_empty() && (self.intents.is_empty() || !self.last_read_orgs);
-            if orgs_next {
-                self.last_read_orgs = true;
-                let batch = take_batch(&mut self.orgs);
-                let org_ids: Vec<String> = batch.keys().cloned().collect();
-                self.metrics.org_load_orgs.observe(org_ids.len() as f64);
-                let store = self.store.clone();
-                let read = async move { store.actions_of_orgs(&org_ids).await };
-                self.spawn_read(ctx, read, batch, Option::unwrap_or_default);
-            } else if !self.intents.is_empty() {
-                self.last_read_orgs = false;
-                let batch = take_batch(&mut self.intents);
-                let ids: Vec<String> = batch.keys().cloned().collect();
-                self.metrics.intent_lookups.observe(ids.len() as f64);
-                let store = self.store.clone();
-                let read = async move { store.owners_of_intents(&ids).await };
-                self.spawn_read(ctx, read, batch, std::convert::identity);
-            } else {
-                return;
-            }
-        }
     }
 
     fn spawn_read<V, T>(
         &mut self,
         ctx: &mut Context<Self>,
         read: impl Future<Output = Result<HashMap<String, V>, StoreError>> + 'static,
-        batch: HashMap<String, Vec<Reply<T>>>,
+        mut batch: HashMap<String, Vec<Reply<T>>>,
         finish: fn(Option<V>) -> T,
+        queue: fn(&mut Self) -> &mut Queue<T>,
     ) where
         V: 'static,
         T: Clone + 'static,
     {
-        self.reads_in_flight += 1;
-        ctx.spawn(read.into_actor(self).map(move |result, act, ctx| {
-            act.reads_in_flight -= 1;
-            answer(batch, result, finish);
-            act.read_waiting(ctx);
-        }));
+        batch::spawn(self, ctx, read, move |result, act, _| {
+            // One org's corrupt row fails the read of every org read with
+            // it: that org is told, the others are read again (without it).
+            let corrupt_org = match &result {
+                Err(err @ StoreError::Corrupt { org_id, .. }) => {
+                    batch.remove(org_id).map(|replies| (err.clone(), replies))
+                }
+                _ => None,
+            };
+            match corrupt_org {
+                Some((err, replies)) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(err.clone()));
+                    }
+                    let others = batch.into_iter().flat_map(|(key, replies)| {
+                        replies.into_iter().map(move |r| (key.clone(), r))
+                    });
+                    queue(act).splice(0..0, others);
+                }
+                None => answer(batch, result, finish),
+            }
+        });
+    }
+}
+
+impl Batched for StoreReader {
+    fn group_commit(&mut self) -> &mut GroupCommit {
+        &mut self.commit
+    }
+
+    fn waiting(&self) -> Waiting {
+        match self.orgs.is_empty() && self.intents.is_empty() {
+            true => Waiting::Nothing,
+            false => Waiting::Some,
+        }
+    }
+
+    fn start_batch(&mut self, ctx: &mut Context<Self>) {
+        let orgs_next = !self.orgs.is_empty() && (self.intents.is_empty() || !self.last_read_orgs);
+        if orgs_next {
+            self.last_read_orgs = true;
+            let batch = take_batch(&mut self.orgs);
+            let org_ids: Vec<String> = batch.keys().cloned().collect();
+            self.metrics.org_load_orgs.observe(org_ids.len() as f64);
+            let store = self.store.clone();
+            let read = async move { store.actions_of_orgs(&org_ids).await };
+            self.spawn_read(ctx, read, batch, Option::unwrap_or_default, |r| &mut r.orgs);
+        } else {
+            self.last_read_orgs = false;
+            let batch = take_batch(&mut self.intents);
+            let ids: Vec<String> = batch.keys().cloned().collect();
+            self.metrics.intent_lookups.observe(ids.len() as f64);
+            let store = self.store.clone();
+            let read = async move { store.owners_of_intents(&ids).await };
+            self.spawn_read(ctx, read, batch, std::convert::identity, |r| &mut r.intents);
+        }
     }
 }
 
 /// Takes up to `MAX_KEYS_PER_READ` waiting requests, grouped by key: the
 /// same key twice (an org actor restarted while its predecessor's load
 /// waited) is read once and answered twice.
-fn take_batch<T>(waiting: &mut Vec<(String, Reply<T>)>) -> HashMap<String, Vec<Reply<T>>> {
+fn take_batch<T>(waiting: &mut Queue<T>) -> HashMap<String, Vec<Reply<T>>> {
     let take = waiting.len().min(MAX_KEYS_PER_READ);
     let mut batch: HashMap<String, Vec<Reply<T>>> = HashMap::new();
     for (key, reply) in waiting.drain(..take) {
@@ -229,9 +223,9 @@ fn answer<V, T: Clone>(
                 let _ = last.send(Ok(value));
             }
         }
-        Err(StoreError::Unavailable(msg)) => {
+        Err(err) => {
             for reply in batch.into_values().flatten() {
-                let _ = reply.send(Err(StoreError::Unavailable(msg.clone())));
+                let _ = reply.send(Err(err.clone()));
             }
         }
     }
@@ -263,11 +257,44 @@ impl Handler<FindIntentOwner> for StoreReader {
     }
 }
 
-impl Handler<Flush> for StoreReader {
-    type Result = ();
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::EmbeddedStore;
 
-    fn handle(&mut self, _: Flush, ctx: &mut Context<Self>) {
-        self.flush_scheduled = false;
-        self.read_waiting(ctx);
+    /// One org's corrupt row must not fail the loads read in the same query.
+    #[actix::test]
+    async fn a_corrupt_row_fails_its_own_org_only() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("actions.db");
+        let store = ActionStore::Embedded(EmbeddedStore::new(&path));
+        store.migrate().await.expect("create the store");
+        let rows = vec![
+            Action::test_payment("acme", "a1", 1),
+            Action::test_payment("broken", "b1", 1),
+        ];
+        store.insert_batch(rows).await.expect("store the rows");
+        rusqlite::Connection::open(&path)
+            .and_then(|c| c.execute("UPDATE actions SET kind = 'bogus' WHERE id = 'b1'", []))
+            .expect("spoil a row");
+
+        let reader = StoreReader::new(store, Duration::ZERO, 100, Metrics::new())
+            .start()
+            .recipient();
+        // Both are queued before the reader runs: one query reads them.
+        let broken = load_org(&reader, "broken".into());
+        let acme = load_org(&reader, "acme".into());
+        let (broken, acme) = (broken.await, acme.await);
+
+        assert!(
+            matches!(&broken, Err(StoreError::Corrupt { org_id, row, .. })
+                if org_id == "broken" && row == "b1"),
+            "{broken:?}"
+        );
+        let acme = acme.expect("acme's actions");
+        assert_eq!(
+            acme.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+            ["a1"]
+        );
     }
 }

@@ -316,7 +316,7 @@ async fn owner_of(
         None => match find_intent_owner(owners, payment_intent_id.to_owned()).await {
             Ok(Some(owner)) => Some(owner),
             Ok(None) => api.payment_intent_owner(payment_intent_id).await?,
-            Err(e) => return Err(OrgError::PersistenceUnavailable(e.to_string())),
+            Err(e) => return Err(OrgError::ReadFailed(e)),
         },
     };
     // Stripe's metadata is anyone's to write: only an org id of the

@@ -3,6 +3,7 @@ use actors::ask::{AskError, Bounded};
 use actors::metrics::{Mailbox, WebhookOutcome};
 use actors::model::unix_now;
 use actors::org::Outcome;
+use actors::store::StoreErrorKind;
 use actors::stripe::{HandleEvent, StripeActor};
 use actors::{signature, stripe_event};
 use futures_util::StreamExt;
@@ -71,9 +72,26 @@ pub async fn stripe_webhook(
         Err(ApiError::PayloadTooLarge(_)) => WebhookOutcome::TooLarge,
         Err(ApiError::RequestTimeout(_)) => WebhookOutcome::RequestTimeout,
         Err(ApiError::Overloaded) => WebhookOutcome::Overloaded,
-        Err(ApiError::PersistenceUnavailable(_)) => WebhookOutcome::Unavailable,
+        Err(ApiError::PersistenceUnavailable(_) | ApiError::StoreUnavailable(_)) => {
+            WebhookOutcome::Unavailable
+        }
+        Err(ApiError::NotRecorded(e) | ApiError::ReadFailed(e)) => match e.kind() {
+            StoreErrorKind::Unavailable => WebhookOutcome::Unavailable,
+            StoreErrorKind::Conflict => WebhookOutcome::Conflict,
+            StoreErrorKind::Corrupt => WebhookOutcome::Corrupt,
+        },
         Err(ApiError::Stripe(_)) => WebhookOutcome::StripeError,
-        Err(_) => WebhookOutcome::InvalidPayload,
+        Err(ApiError::InvalidPayload(_)) => WebhookOutcome::InvalidPayload,
+        // Answers no webhook gets; every variant is named so that a new one
+        // is counted on purpose, not as whatever a catch-all says.
+        Err(
+            ApiError::Unauthorized(_)
+            | ApiError::InvalidRequest(_)
+            | ApiError::UnknownSku(_)
+            | ApiError::AlreadyEntitled(_)
+            | ApiError::NotFound
+            | ApiError::MethodNotAllowed { .. },
+        ) => WebhookOutcome::InvalidPayload,
     });
     result?;
     Ok(HttpResponse::Ok().json(Received { received: true }))

@@ -13,13 +13,13 @@ use crate::ask::Bounded;
 use crate::catalog::Product;
 use crate::ledger::Ledger;
 use crate::live_intents::LiveIntents;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, StoreOperation};
 use crate::model::{Action, ActionKind, ActionStatus, OrgActorId};
 use crate::org_event::OrgEvent;
 use crate::org_id::OrgId;
 use crate::persistence::{self, Persist, PersistError};
 use crate::sse_hub::{self, Publish, SubscribedOrgs};
-use crate::store::{ActionStore, JetStreamStore};
+use crate::store::{ActionStore, JetStreamStore, StoreError};
 use crate::store_reader::{self, LoadOrg};
 use crate::stripe_api::OpenIntent;
 
@@ -69,7 +69,7 @@ pub(super) enum State {
     },
     /// The store could not be read; every message is refused and the actor
     /// stops, so the next request tries a fresh load.
-    Failed(String),
+    Failed(StoreError),
 }
 
 /// Sends a change's answer, given the durable ledger it was applied to.
@@ -144,8 +144,8 @@ impl OrgActor {
         self.last_active = Instant::now();
         match &mut self.state {
             State::Ready { durable, .. } => Ok(durable),
-            State::Failed(msg) => {
-                let err = OrgError::PersistenceUnavailable(msg.clone());
+            State::Failed(e) => {
+                let err = OrgError::ReadFailed(e.clone());
                 ctx.stop();
                 Err(err)
             }
@@ -202,7 +202,7 @@ impl OrgActor {
                 ctx.spawn(write.into_actor(self).map(move |result, act, ctx| {
                     let result = result.map_err(|e| match e {
                         PersistError::Overloaded => OrgError::Overloaded,
-                        PersistError::Unavailable(msg) => OrgError::PersistenceUnavailable(msg),
+                        PersistError::Store(e) => OrgError::NotRecorded(e),
                     });
                     act.pipeline.write_back(ticket, result);
                     act.settle(ctx);
@@ -354,8 +354,15 @@ impl Actor for OrgActor {
         ctx.wait(history.into_actor(self).map(|result, act, _| match result {
             Ok((actions, log_seq)) => act.rebuilt(actions, log_seq),
             Err(e) => {
-                tracing::warn!(org_id = %act.org_id, error = %e, "org state could not be loaded");
-                act.state = State::Failed(e.to_string());
+                act.deps.metrics.store_error(StoreOperation::Read, e.kind());
+                match e.row() {
+                    // Loading again gives the same answer until the row is
+                    // repaired: for an operator, not for a retry.
+                    Some(row) => tracing::error!(org_id = %act.org_id, row, error = %e,
+                        "org state could not be loaded: a stored row needs repair"),
+                    None => tracing::warn!(org_id = %act.org_id, error = %e, "org state could not be loaded"),
+                }
+                act.state = State::Failed(e);
             }
         }));
         let idle_stop = self.deps.settings.idle_stop;

@@ -99,7 +99,7 @@ impl Handler<Ask<ApplyRevocation>> for OrgActor {
                     };
                     act.handle(ask, ctx);
                 }
-                Err(e) => drop(reply.send(Err(OrgError::PersistenceUnavailable(e.to_string())))),
+                Err(e) => drop(reply.send(Err(OrgError::ReadFailed(e)))),
             }));
             return;
         }
@@ -239,7 +239,7 @@ impl Handler<Ask<ListActions>> for OrgActor {
             let answer = store
                 .recent_actions(&org_id, r.limit)
                 .await
-                .map_err(|e| OrgError::PersistenceUnavailable(e.to_string()));
+                .map_err(OrgError::ReadFailed);
             let _ = reply.send(answer);
         });
     }

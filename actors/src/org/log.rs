@@ -47,7 +47,7 @@ impl OrgActor {
                     act.deps.metrics.jetstream_conflicts.inc();
                     Err(OrgError::Stale)
                 }
-                Err(AppendError::Unavailable(msg)) => Err(OrgError::PersistenceUnavailable(msg)),
+                Err(AppendError::Unavailable(e)) => Err(OrgError::NotRecorded(e)),
             };
             act.pipeline.append_back(result);
             act.settle(ctx);

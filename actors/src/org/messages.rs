@@ -9,6 +9,7 @@ use crate::ask::Request;
 use crate::model::{Action, ActionKind};
 use crate::org_event::{Entitlements, OrgEvent, Snapshot};
 use crate::store::jetstream::OrgMessage;
+use crate::store::StoreError;
 use crate::stripe_api::{OpenIntent, StripeError};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -21,6 +22,13 @@ pub enum OrgError {
     Overloaded,
     #[error("the action store is unavailable: {0}")]
     PersistenceUnavailable(String),
+    /// The store did not take the change; on a conflict the org is read
+    /// again before anything else is decided.
+    #[error("the action could not be recorded: {0}")]
+    NotRecorded(#[source] StoreError),
+    /// The org's actions (or a PaymentIntent's owner) could not be read.
+    #[error("the action store could not be read: {0}")]
+    ReadFailed(#[source] StoreError),
     /// A Stripe event about one of our orgs whose object cannot be read.
     #[error("{0}")]
     UnreadableEvent(String),

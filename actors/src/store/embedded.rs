@@ -49,7 +49,7 @@ impl EmbeddedStore {
     async fn with_conn<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let path = self.path.clone();
         let permit = self
@@ -67,7 +67,7 @@ impl EmbeddedStore {
                 }
                 let conn = conns.get_mut(path.as_path()).expect("inserted above");
                 let result = f(conn);
-                if result.is_err() {
+                if matches!(result, Err(StoreError::Unavailable { .. })) {
                     // A broken connection must not be reused by the next call.
                     conns.remove(path.as_path());
                 }
@@ -75,14 +75,13 @@ impl EmbeddedStore {
             })
         })
         .await
-        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
-        .map_err(|e| StoreError::Unavailable(e.to_string()))
+        .map_err(|e| StoreError::unavailable_from("SQLite task", e))?
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
-                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+                StoreError::unavailable_from(format_args!("cannot create {}", dir.display()), e)
             })?;
         }
         self.with_conn(|c| {
@@ -103,13 +102,14 @@ impl EmbeddedStore {
                  );
                  CREATE UNIQUE INDEX IF NOT EXISTS actions_org_seq ON actions (org_id, seq);
                  CREATE INDEX IF NOT EXISTS actions_external_id ON actions (external_id);",
-            )
+            )?;
+            Ok(())
         })
         .await
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.with_conn(|c| c.query_row("SELECT 1", [], |_| Ok(())))
+        self.with_conn(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
             .await
     }
 
@@ -125,7 +125,7 @@ impl EmbeddedStore {
                      ON CONFLICT (id) DO NOTHING"
                 ))?;
                 for a in &rows {
-                    stmt.execute(params![
+                    let inserted = stmt.execute(params![
                         a.id,
                         a.org_id,
                         a.seq as i64,
@@ -138,10 +138,11 @@ impl EmbeddedStore {
                         a.currency,
                         a.created_at_ms,
                         a.simulated,
-                    ])?;
+                    ]);
+                    inserted.map_err(|e| conflict_or_unavailable(e, a))?;
                 }
             }
-            tx.commit()
+            Ok(tx.commit()?)
         })
         .await
     }
@@ -158,9 +159,11 @@ impl EmbeddedStore {
             ))?;
             let mut orgs = HashMap::with_capacity(org_ids.len());
             for org_id in org_ids {
-                let actions = stmt
-                    .query_map([&org_id], action_from_row)?
-                    .collect::<Result<Vec<_>, _>>()?;
+                let mut rows = stmt.query([&org_id])?;
+                let mut actions = Vec::new();
+                while let Some(row) = rows.next()? {
+                    actions.push(action_from_row(row)?);
+                }
                 orgs.insert(org_id, actions);
             }
             Ok(orgs)
@@ -178,8 +181,12 @@ impl EmbeddedStore {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM actions WHERE org_id = ?1 ORDER BY seq DESC LIMIT ?2"
             ))?;
-            let rows = stmt.query_map(params![org_id, limit], action_from_row)?;
-            rows.collect()
+            let mut rows = stmt.query(params![org_id, limit])?;
+            let mut actions = Vec::new();
+            while let Some(row) = rows.next()? {
+                actions.push(action_from_row(row)?);
+            }
+            Ok(actions)
         })
         .await
     }
@@ -214,11 +221,11 @@ impl EmbeddedStore {
     /// When the newest action caused by a Stripe event was recorded.
     pub async fn newest_event_action_ms(&self) -> Result<Option<i64>, StoreError> {
         self.with_conn(|c| {
-            c.query_row(
+            Ok(c.query_row(
                 "SELECT max(created_at_ms) FROM actions WHERE event_id IS NOT NULL",
                 [],
                 |r| r.get(0),
-            )
+            )?)
         })
         .await
     }
@@ -234,12 +241,53 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-fn action_from_row(r: &Row<'_>) -> rusqlite::Result<Action> {
-    let bad = |i: usize, what: &str| {
+/// Every other SQLite failure is the store being unavailable: the file
+/// cannot be opened, is locked past the busy timeout, the disk is full...
+/// Conflicts and corrupt rows are told apart where they can arise.
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::unavailable_from("SQLite", e)
+    }
+}
+
+/// The one constraint an insert can break: `ON CONFLICT (id) DO NOTHING`
+/// takes a repeated id, so this is another action at the same (org, seq).
+fn conflict_or_unavailable(e: rusqlite::Error, action: &Action) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::ConstraintViolation) => StoreError::Conflict {
+            org_id: action.org_id.clone(),
+            seq: action.seq,
+            action_id: action.id.clone(),
+            source: Some(Arc::new(e)),
+        },
+        _ => e.into(),
+    }
+}
+
+/// A row that does not read as an action is `Corrupt`, named by its org and
+/// id as far as they can be read.
+fn action_from_row(r: &Row<'_>) -> Result<Action, StoreError> {
+    read_action(r).map_err(|e| match e {
+        rusqlite::Error::FromSqlConversionFailure(..)
+        | rusqlite::Error::InvalidColumnType(..)
+        | rusqlite::Error::IntegralValueOutOfRange(..) => StoreError::Corrupt {
+            org_id: r.get(1).unwrap_or_default(),
+            row: r
+                .get(0)
+                .unwrap_or_else(|_| "with an unreadable id".to_owned()),
+            message: e.to_string(),
+            source: Some(Arc::new(e)),
+        },
+        e => e.into(),
+    })
+}
+
+fn read_action(r: &Row<'_>) -> rusqlite::Result<Action> {
+    let bad = |i: usize, what: &str, value: &str| {
         rusqlite::Error::FromSqlConversionFailure(
             i,
             rusqlite::types::Type::Text,
-            format!("unknown {what}").into(),
+            format!("unknown {what} {value:?}").into(),
         )
     };
     let kind: String = r.get(3)?;
@@ -248,8 +296,8 @@ fn action_from_row(r: &Row<'_>) -> rusqlite::Result<Action> {
         id: r.get(0)?,
         org_id: r.get(1)?,
         seq: r.get::<_, i64>(2)? as u64,
-        kind: ActionKind::parse(&kind).ok_or_else(|| bad(3, "kind"))?,
-        status: ActionStatus::parse(&status).ok_or_else(|| bad(4, "status"))?,
+        kind: ActionKind::parse(&kind).ok_or_else(|| bad(3, "kind", &kind))?,
+        status: ActionStatus::parse(&status).ok_or_else(|| bad(4, "status", &status))?,
         sku: r.get(5)?,
         external_id: r.get(6)?,
         event_id: r.get(7)?,

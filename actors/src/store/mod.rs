@@ -15,15 +15,115 @@ pub use self::embedded::EmbeddedStore;
 pub use self::jetstream::{JetStreamSettings, JetStreamStore};
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::model::Action;
 
-#[derive(Debug, thiserror::Error)]
+/// What made a store operation fail, kept for logs and for `source()`.
+/// Shared, so that one failed read can answer every request of its batch.
+pub type Cause = Arc<dyn std::error::Error + Send + Sync>;
+
+/// Why a store operation failed. The kinds call for different answers: only
+/// `Unavailable` may pass by itself; a conflict or a corrupt row stays until
+/// someone re-reads the org or repairs the row.
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The store could not be reached or refused the operation; the caller
-    /// may retry. The message never carries credentials.
-    #[error("action store unavailable: {0}")]
-    Unavailable(String),
+    /// The store could not be reached, did not answer in time, or refused
+    /// the operation for now; the caller may retry. The message never
+    /// carries credentials.
+    #[error("action store unavailable: {message}")]
+    Unavailable {
+        message: String,
+        #[source]
+        source: Option<Cause>,
+    },
+    /// A write gives an (org, seq) that another stored action holds: the
+    /// writer decided on a stale view of the org. The same row never lands.
+    #[error("action {action_id} of org {org_id} conflicts with the stored action at seq {seq}")]
+    Conflict {
+        org_id: String,
+        seq: u64,
+        action_id: String,
+        #[source]
+        source: Option<Cause>,
+    },
+    /// A stored row that cannot be read as an action. Reading it again gives
+    /// the same answer until the row is repaired.
+    #[error("stored row {row} of org {org_id} is corrupt: {message}")]
+    Corrupt {
+        org_id: String,
+        /// The action id, or where the row is when its id cannot be read.
+        row: String,
+        message: String,
+        #[source]
+        source: Option<Cause>,
+    },
+}
+
+/// Two errors are the same failure when they say the same thing; their
+/// sources are how it came about, not what it is.
+impl PartialEq for StoreError {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind() == other.kind() && self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for StoreError {}
+
+/// The kind of a [`StoreError`], for metrics and decisions.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum StoreErrorKind {
+    Unavailable,
+    Conflict,
+    Corrupt,
+}
+
+impl StoreError {
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        StoreError::Unavailable {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// `Unavailable`, saying `what` failed and keeping `source`.
+    pub fn unavailable_from(
+        what: impl std::fmt::Display,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        StoreError::Unavailable {
+            message: format!("{what}: {source}"),
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    pub fn kind(&self) -> StoreErrorKind {
+        match self {
+            StoreError::Unavailable { .. } => StoreErrorKind::Unavailable,
+            StoreError::Conflict { .. } => StoreErrorKind::Conflict,
+            StoreError::Corrupt { .. } => StoreErrorKind::Corrupt,
+        }
+    }
+
+    /// The row a conflict or a corrupt row is about: the action id, or
+    /// where the unreadable row is.
+    pub fn row(&self) -> Option<&str> {
+        match self {
+            StoreError::Unavailable { .. } => None,
+            StoreError::Conflict { action_id, .. } => Some(action_id),
+            StoreError::Corrupt { row, .. } => Some(row),
+        }
+    }
+
+    /// The org a conflict or a corrupt row belongs to.
+    pub fn org_id(&self) -> Option<&str> {
+        match self {
+            StoreError::Unavailable { .. } => None,
+            StoreError::Conflict { org_id, .. } | StoreError::Corrupt { org_id, .. } => {
+                Some(org_id)
+            }
+        }
+    }
 }
 
 /// The org and SKU a PaymentIntent was recorded for.
@@ -71,8 +171,8 @@ impl ActionStore {
             ActionStore::ClickHouse(s) => s.insert_batch(rows).await,
             // Org actors append to their org's subject themselves, with the
             // expected-sequence check that batching across orgs would lose.
-            ActionStore::JetStream(_) => Err(StoreError::Unavailable(
-                "the JetStream log is written by org actors, not in batches".into(),
+            ActionStore::JetStream(_) => Err(StoreError::unavailable(
+                "the JetStream log is written by org actors, not in batches",
             )),
         }
     }

@@ -17,16 +17,18 @@
 //! without metadata reaching any node finds its org), and one of leases
 //! (reconciliation with Stripe runs on one node at a time, to save work).
 
+mod append;
+mod record;
+
 use std::collections::HashMap;
-use std::fmt;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
-use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 
+pub use self::append::AppendError;
+pub use self::record::{decode, encode, OrgMessage};
 use super::{PaymentIntentOwner, StoreError};
-use crate::model::{Action, ActionKind, ActionStatus};
+use crate::model::Action;
 use crate::secret::Secret;
 
 #[derive(Clone, Debug)]
@@ -53,127 +55,11 @@ pub struct JetStreamStore {
     owners: kv::Store,
 }
 
-/// One message of an org's subject, as read back.
-#[derive(Clone, Debug, PartialEq)]
-pub struct OrgMessage {
-    /// Its stream sequence.
-    pub sequence: u64,
-    /// The stream sequence of the org's message before it (0: none).
-    pub prev: u64,
-    pub actions: Vec<Action>,
-}
-
-/// Why an append did not land.
-#[derive(Debug, thiserror::Error)]
-pub enum AppendError {
-    /// Another writer appended to the org first: the caller's view is stale.
-    #[error("another node wrote this org first (expected last sequence {expected})")]
-    Stale { expected: u64 },
-    /// NATS did not take or acknowledge the write; it may or may not have
-    /// landed.
-    #[error("the stream did not acknowledge the write: {0}")]
-    Unavailable(String),
-}
-
-/// The wire form of a message: compact keys, every field of the action.
-#[derive(Serialize, Deserialize)]
-struct Record {
-    prev: u64,
-    actions: Vec<RecordAction>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct RecordAction {
-    id: String,
-    seq: u64,
-    kind: ActionKind,
-    status: ActionStatus,
-    sku: String,
-    pi: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    event: Option<String>,
-    amount: i64,
-    currency: String,
-    at: i64,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    sim: bool,
-}
-
-pub fn encode(prev: u64, actions: &[Action]) -> Bytes {
-    let record = Record {
-        prev,
-        actions: actions
-            .iter()
-            .map(|a| RecordAction {
-                id: a.id.clone(),
-                seq: a.seq,
-                kind: a.kind,
-                status: a.status,
-                sku: a.sku.clone(),
-                pi: a.external_id.clone(),
-                event: a.event_id.clone(),
-                amount: a.amount,
-                currency: a.currency.clone(),
-                at: a.created_at_ms,
-                sim: a.simulated,
-            })
-            .collect(),
-    };
-    serde_json::to_vec(&record)
-        .expect("a record always serializes")
-        .into()
-}
-
-/// Reads a message of `org_id`'s subject; `None` when it is not one of ours.
-pub fn decode(org_id: &str, sequence: u64, payload: &[u8]) -> Option<OrgMessage> {
-    let record: Record = serde_json::from_slice(payload).ok()?;
-    let actions = record
-        .actions
-        .into_iter()
-        .map(|a| Action {
-            id: a.id,
-            org_id: org_id.to_owned(),
-            seq: a.seq,
-            kind: a.kind,
-            status: a.status,
-            sku: a.sku,
-            external_id: a.pi,
-            event_id: a.event,
-            amount: a.amount,
-            currency: a.currency,
-            created_at_ms: a.at,
-            simulated: a.sim,
-        })
-        .collect();
-    Some(OrgMessage {
-        sequence,
-        prev: record.prev,
-        actions,
-    })
-}
-
-/// Whether JetStream refused a publish because the subject's last message
-/// was not the expected one. An R1 stream answers error code 10071 (with
-/// the actual sequence); a clustered one 10164, "wrong last sequence"
-/// without it, which async-nats 0.51 does not map to `WrongLastSequence`.
-fn refused_by_sequence_check(e: &jetstream::context::PublishError) -> bool {
-    use async_nats::jetstream::ErrorCode;
-    if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence {
-        return true;
-    }
-    std::error::Error::source(e)
-        .and_then(|source| source.downcast_ref::<jetstream::Error>())
-        .is_some_and(|js| {
-            js.error_code() == ErrorCode::STREAM_WRONG_LAST_SEQUENCE
-                || js.error_code() == ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT
-        })
-}
-
 /// How long start-up waits for JetStream to create the stream and buckets.
 const SETUP_WAIT: Duration = Duration::from_secs(30);
 
-fn unavailable(what: &str, e: impl fmt::Display) -> StoreError {
-    StoreError::Unavailable(format!("JetStream {what}: {e}"))
+fn unavailable(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::unavailable_from(format_args!("JetStream {what}"), e)
 }
 
 impl JetStreamStore {
@@ -327,7 +213,7 @@ impl JetStreamStore {
 
     pub async fn ping(&self) -> Result<(), StoreError> {
         if self.client.connection_state() != async_nats::connection::State::Connected {
-            return Err(StoreError::Unavailable("not connected to NATS".into()));
+            return Err(StoreError::unavailable("not connected to NATS"));
         }
         self.context
             .get_stream_no_info(&self.stream)
@@ -373,68 +259,16 @@ impl JetStreamStore {
             match decode(org_id, raw.sequence, &raw.payload) {
                 Some(message) => messages.push(message),
                 None => {
-                    return Err(StoreError::Unavailable(format!(
-                        "JetStream message {} of org {org_id} is not an action record",
-                        raw.sequence
-                    )))
+                    return Err(StoreError::Corrupt {
+                        org_id: org_id.to_owned(),
+                        row: format!("stream message {}", raw.sequence),
+                        message: "not an action record".into(),
+                        source: None,
+                    })
                 }
             }
         }
         Ok(messages)
-    }
-
-    /// Appends `actions` to the org's subject if its last message is still
-    /// `expected` (0: none yet). Answers the new message's stream sequence.
-    ///
-    /// A duplicate ack (the msg-id was seen in the duplicate window) is
-    /// answered as `Stale`: this call did not write, whoever did, so the
-    /// caller reads the org again rather than trusting its own batch.
-    pub async fn append(
-        &self,
-        org_id: &str,
-        expected: u64,
-        message_id: &str,
-        actions: &[Action],
-    ) -> Result<u64, AppendError> {
-        let publish = jetstream::message::PublishMessage::build()
-            .payload(encode(expected, actions))
-            .message_id(message_id)
-            .expected_last_subject_sequence(expected);
-        let ack = async {
-            self.context
-                .send_publish(self.org_subject(org_id), publish)
-                .await?
-                .await
-        };
-        let write = tokio::time::timeout(self.timeout, ack);
-        let owners = self.record_owners(org_id, actions);
-        let (written, ()) = futures_util::future::join(write, owners).await;
-        match written {
-            Ok(Ok(ack)) if ack.duplicate => Err(AppendError::Stale { expected }),
-            Ok(Ok(ack)) => Ok(ack.sequence),
-            Ok(Err(e)) if refused_by_sequence_check(&e) => Err(AppendError::Stale { expected }),
-            Ok(Err(e)) => Err(AppendError::Unavailable(e.to_string())),
-            Err(_) => Err(AppendError::Unavailable(format!(
-                "no ack within {:?}",
-                self.timeout
-            ))),
-        }
-    }
-
-    /// Writes the owners of the delivered payments in `actions` to the
-    /// shared bucket, beside the append. Not part of what a 200 promises: a
-    /// missing owner is still found through Stripe.
-    async fn record_owners(&self, org_id: &str, actions: &[Action]) {
-        let paid = actions
-            .iter()
-            .filter(|a| a.kind == ActionKind::Payment && a.status == ActionStatus::Delivered);
-        for action in paid {
-            let owner = format!("{org_id}\n{}", action.sku);
-            if let Err(e) = self.owners.put(&action.external_id, owner.into()).await {
-                tracing::warn!(payment_intent_id = %action.external_id, error = %e,
-                    "PaymentIntent owner not shared");
-            }
-        }
     }
 
     /// Every action of one org, oldest first.
@@ -508,41 +342,5 @@ impl JetStreamStore {
             }
         }
         Ok(owners)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn action(seq: u64) -> Action {
-        Action {
-            id: format!("pay_pi_{seq}"),
-            org_id: "acme".into(),
-            seq,
-            kind: ActionKind::Payment,
-            status: ActionStatus::Delivered,
-            sku: "pack".into(),
-            external_id: format!("pi_{seq}"),
-            event_id: Some(format!("evt_{seq}")),
-            amount: 100,
-            currency: "usd".into(),
-            created_at_ms: 1_700_000_000_000,
-            simulated: seq == 2,
-        }
-    }
-
-    #[test]
-    fn a_record_reads_back_as_written() {
-        let actions = vec![action(1), action(2)];
-        let message = decode("acme", 9, &encode(4, &actions)).unwrap();
-        assert_eq!(message.sequence, 9);
-        assert_eq!(message.prev, 4);
-        assert_eq!(message.actions, actions);
-    }
-
-    #[test]
-    fn a_foreign_payload_is_not_a_record() {
-        assert_eq!(decode("acme", 1, b"hello"), None);
     }
 }

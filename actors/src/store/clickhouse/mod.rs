@@ -16,17 +16,20 @@
 //! travel as plain `RowBinary` and `ActionRow` must match the DDL column for
 //! column.
 
+mod rows;
+mod schema;
+
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clickhouse::{Client, Row};
-use serde::{Deserialize, Serialize};
+use clickhouse::Client;
 use tokio::sync::Semaphore;
 
-use super::{PaymentIntentOwner, StoreError};
-use crate::model::{Action, ActionKind, ActionStatus};
+use self::rows::{ActionRow, OwnerRow};
+use super::{Cause, PaymentIntentOwner, StoreError};
+use crate::model::Action;
 use crate::secret::Secret;
 
 #[derive(Clone, Debug)]
@@ -57,84 +60,8 @@ pub struct ClickHouseStore {
     queries: Arc<Semaphore>,
 }
 
-/// How long building the PaymentIntent index may take: on first start
-/// against a large existing table it copies a column of every row.
-const BACKFILL_TIMEOUT: Duration = Duration::from_secs(600);
-
 /// Queries in flight at once, well under ClickHouse's default limit of 100.
 const MAX_CONCURRENT_QUERIES: usize = 32;
-
-/// One table row. Field order and types must match the DDL in `migrate`
-/// exactly, because plain `RowBinary` carries no column names or types.
-#[derive(Row, Serialize, Deserialize)]
-struct ActionRow {
-    id: String,
-    org_id: String,
-    seq: u64,
-    kind: String,
-    status: String,
-    sku: String,
-    external_id: String,
-    /// Empty string for "no event" (simulated payments): avoids `Nullable`.
-    event_id: String,
-    amount: i64,
-    currency: String,
-    created_at_ms: i64,
-    /// 0/1; `UInt8` because 18.16 has no `Bool`.
-    simulated: u8,
-}
-
-#[derive(Row, Serialize, Deserialize)]
-struct OwnerRow {
-    external_id: String,
-    org_id: String,
-    sku: String,
-}
-
-impl From<Action> for ActionRow {
-    fn from(a: Action) -> Self {
-        ActionRow {
-            id: a.id,
-            org_id: a.org_id,
-            seq: a.seq,
-            kind: a.kind.as_str().to_owned(),
-            status: a.status.as_str().to_owned(),
-            sku: a.sku,
-            external_id: a.external_id,
-            event_id: a.event_id.unwrap_or_default(),
-            amount: a.amount,
-            currency: a.currency,
-            created_at_ms: a.created_at_ms,
-            simulated: u8::from(a.simulated),
-        }
-    }
-}
-
-impl TryFrom<ActionRow> for Action {
-    type Error = StoreError;
-
-    fn try_from(r: ActionRow) -> Result<Self, StoreError> {
-        let corrupt = |what: &str, value: &str| {
-            StoreError::Unavailable(format!("action {}: unknown {what} {value:?}", r.id))
-        };
-        let kind = ActionKind::parse(&r.kind).ok_or_else(|| corrupt("kind", &r.kind))?;
-        let status = ActionStatus::parse(&r.status).ok_or_else(|| corrupt("status", &r.status))?;
-        Ok(Action {
-            id: r.id,
-            org_id: r.org_id,
-            seq: r.seq,
-            kind,
-            status,
-            sku: r.sku,
-            external_id: r.external_id,
-            event_id: Some(r.event_id).filter(|e| !e.is_empty()),
-            amount: r.amount,
-            currency: r.currency,
-            created_at_ms: r.created_at_ms,
-            simulated: r.simulated != 0,
-        })
-    }
-}
 
 impl ClickHouseStore {
     /// Builds the client; connects lazily, so this never touches the network.
@@ -145,7 +72,7 @@ impl ClickHouseStore {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_');
         if !table_ok {
-            return Err(StoreError::Unavailable(format!(
+            return Err(StoreError::unavailable(format!(
                 "invalid ClickHouse table name {:?}: use only A-Z, a-z, 0-9 and _",
                 settings.table
             )));
@@ -175,82 +102,6 @@ impl ClickHouseStore {
             password: settings.password,
             queries: Arc::new(Semaphore::new(MAX_CONCURRENT_QUERIES)),
         })
-    }
-
-    pub async fn migrate(&self) -> Result<(), StoreError> {
-        // No version column: copies of one action are identical, so
-        // whichever copy the merge keeps is right.
-        let sql = format!(
-            "CREATE TABLE IF NOT EXISTS `{}` (
-                id String,
-                org_id String,
-                seq UInt64,
-                kind String,
-                status String,
-                sku String,
-                external_id String,
-                event_id String,
-                amount Int64,
-                currency String,
-                created_at_ms Int64,
-                simulated UInt8
-            ) ENGINE = ReplacingMergeTree() ORDER BY (org_id, id)",
-            self.table
-        );
-        self.bounded("migrate", self.client.query(&sql).execute())
-            .await?;
-        self.migrate_intent_owners().await
-    }
-
-    /// Refunds and disputes often carry no metadata, so their org is found
-    /// from the PaymentIntent. The actions table is sorted by org, so that
-    /// lookup would scan it whole; `<table>_intent_owners` keeps each
-    /// PaymentIntent's org sorted by PaymentIntent. It is written apart from
-    /// the actions (see `IntentIndexer`). When it is missing it is built from
-    /// the actions under another name and renamed once complete, so an
-    /// interrupted build is redone at the next start; on a large table this
-    /// may take up to `BACKFILL_TIMEOUT`.
-    async fn migrate_intent_owners(&self) -> Result<(), StoreError> {
-        let owners = Self::intent_owners_table(&self.table);
-        let exists = self
-            .client
-            .query(
-                "SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = ?",
-            )
-            .bind(owners.as_str())
-            .fetch_one::<u64>();
-        if self.bounded("migrate", exists).await? == 0 {
-            let building = format!("{owners}_building");
-            let steps = [
-                format!("DROP TABLE IF EXISTS `{building}`"),
-                format!(
-                    "CREATE TABLE `{building}` (
-                        external_id String,
-                        org_id String,
-                        sku String
-                    ) ENGINE = ReplacingMergeTree() ORDER BY external_id"
-                ),
-                format!(
-                    "INSERT INTO `{building}` SELECT external_id, org_id, sku FROM `{}`",
-                    self.table
-                ),
-                format!("RENAME TABLE `{building}` TO `{owners}`"),
-            ];
-            for sql in steps {
-                let step = self.client.query(&sql).execute();
-                self.bounded_for("migrate", BACKFILL_TIMEOUT, step).await?;
-            }
-        }
-        // Earlier versions kept this index as a materialized view, which
-        // wrote a second part with every INSERT of actions.
-        let view = format!("DROP TABLE IF EXISTS `{}_by_intent`", self.table);
-        self.bounded("migrate", self.client.query(&view).execute())
-            .await
-    }
-
-    /// The table of `table`'s PaymentIntent owners.
-    pub fn intent_owners_table(table: &str) -> String {
-        format!("{table}_intent_owners")
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
@@ -425,7 +276,7 @@ impl ClickHouseStore {
                 .expect("the semaphore is never closed");
             fut.await
         };
-        let message = match tokio::time::timeout(timeout, bounded).await {
+        let (message, source) = match tokio::time::timeout(timeout, bounded).await {
             Ok(Ok(value)) => return Ok(value),
             Ok(Err(err)) => {
                 // The crate's top-level text can be as vague as "client error
@@ -439,15 +290,23 @@ impl ClickHouseStore {
                     }
                     source = cause.source();
                 }
-                message
+                // Kept as the source only without a password to scrub.
+                let source: Option<Cause> = match self.password.is_empty() {
+                    true => Some(Arc::new(err)),
+                    false => None,
+                };
+                (message, source)
             }
-            Err(_) => format!("clickhouse {op}: no answer within {timeout:?}"),
+            Err(elapsed) => {
+                let message = format!("clickhouse {op}: no answer within {timeout:?}");
+                (message, Some(Arc::new(elapsed) as Cause))
+            }
         };
         let message = if self.password.is_empty() {
             message
         } else {
             message.replace(self.password.expose(), "<redacted>")
         };
-        Err(StoreError::Unavailable(message))
+        Err(StoreError::Unavailable { message, source })
     }
 }
