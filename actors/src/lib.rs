@@ -10,18 +10,20 @@
 //!    into a [`stripe_event::StripeEvent`], whose [`stripe_event::EventEffect`]
 //!    is all that the rest of the path needs.
 //! 2. It asks its worker's [`stripe::StripeActor`] with
-//!    [`stripe::HandleEvent`]. The actor finds the org: from the event's
-//!    metadata, else (a refund or dispute without it) from the live org
-//!    actors ([`live_intents::LiveIntents`]), the store
-//!    ([`store_reader::FindIntentOwner`]) or Stripe
-//!    ([`stripe_api::StripeApi::payment_intent_owner`]). An event that names
-//!    no org of ours is answered [`org::Outcome::Ignored`].
+//!    [`stripe::HandleEvent`]. The actor finds the org (the `routing` module
+//!    beside it): from the event's metadata, else (a refund or dispute
+//!    without it) from the live org actors ([`live_intents::LiveIntents`]),
+//!    the store ([`store_reader::FindIntentOwner`]) or Stripe
+//!    ([`stripe_api::StripeApi::payment_intent_owner`]), and checks it as an
+//!    [`org_id::OrgId`]. An event that names no org of ours is answered
+//!    [`org::Outcome::Ignored`].
 //! 3. [`directory::OrgDirectory::ask`] hands [`org::ApplyPayment`] or
 //!    [`org::ApplyRevocation`] to the org's [`org::OrgActor`], started (and
 //!    loaded from the store) if it is not live.
-//! 4. The org actor decides against its [`ledger::Ledger`]: a duplicate or an
-//!    event with nothing to change is answered at once; otherwise the
-//!    actions to write.
+//! 4. The org actor asks [`org::decide`] what the event comes to against its
+//!    [`ledger::Ledger`] ahead (the durable one plus every write in flight):
+//!    a duplicate, nothing of ours, or the action to write, which joins the
+//!    [`org::pipeline::Pipeline`] of changes answered in the order decided.
 //! 5. The actions become durable: through the
 //!    [`persistence::PersistenceActor`]'s group commit into SQLite or
 //!    ClickHouse ([`store::ActionStore`]), or on the `jetstream` backend by

@@ -5,6 +5,7 @@
 use actix::prelude::*;
 
 use crate::ask::Ask;
+use crate::catalog::Product;
 use crate::ledger::Ledger;
 use crate::model::now_ms;
 use crate::stripe_api::StripeError;
@@ -15,6 +16,16 @@ use super::messages::*;
 use super::replay::{self, ReplayPlan};
 
 impl OrgActor {
+    /// Decides a change against the ledger ahead and the configured products.
+    fn decide_ahead(
+        &mut self,
+        ctx: &mut Context<Self>,
+        decide: impl FnOnce(&Ledger, &[Product]) -> Decision,
+    ) -> Result<Decision, OrgError> {
+        let products = self.deps.settings.products.clone();
+        self.ledger_ahead(ctx).map(|l| decide(l, &products))
+    }
+
     /// Commits a decision whose answer is `Outcome`.
     fn commit_outcome(
         &mut self,
@@ -44,9 +55,10 @@ impl Handler<Ask<ApplyPayment>> for OrgActor {
             span,
         } = ask;
         let _entered = span.enter();
-        let products = self.deps.settings.products.clone();
-        let decision = match self.ledger_ahead(ctx) {
-            Ok(l) => decide::payment(l, &products, &r, now_ms()),
+        let decision = match self.decide_ahead(ctx, |l, products| {
+            decide::payment(l, products, &r, now_ms())
+        }) {
+            Ok(decision) => decision,
             Err(e) => return drop(reply.send(Err(e))),
         };
         if decision == Decision::Ignored {
@@ -67,9 +79,10 @@ impl Handler<Ask<ApplyRevocation>> for OrgActor {
             span,
         } = ask;
         let _entered = span.enter();
-        let products = self.deps.settings.products.clone();
-        let decision = match self.ledger_ahead(ctx) {
-            Ok(l) => decide::revocation(l, &products, &r, now_ms()),
+        let decision = match self.decide_ahead(ctx, |l, products| {
+            decide::revocation(l, products, &r, now_ms())
+        }) {
+            Ok(decision) => decision,
             Err(e) => return drop(reply.send(Err(e))),
         };
         if decision != Decision::Ignored {

@@ -210,23 +210,9 @@ impl<A> Pipeline<A> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ActionKind, ActionStatus};
 
     fn action(seq: u64) -> Action {
-        Action {
-            id: format!("pay_pi_{seq}"),
-            org_id: "acme".into(),
-            seq,
-            kind: ActionKind::Payment,
-            status: ActionStatus::Delivered,
-            sku: "pro".into(),
-            external_id: format!("pi_{seq}"),
-            event_id: Some(format!("evt_{seq}")),
-            amount: 4900,
-            currency: "usd".into(),
-            created_at_ms: 0,
-            simulated: false,
-        }
+        Action::test_payment("acme", &format!("pay_pi_{seq}"), seq)
     }
 
     /// Settles what can be, as (answer, applied seq or the error's text).

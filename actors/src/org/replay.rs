@@ -117,22 +117,12 @@ pub fn from_store(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ActionKind, ActionStatus};
+    use crate::model::ActionStatus;
 
     fn failed_payment(seq: u64) -> Action {
         Action {
-            id: format!("fail_evt_{seq}"),
-            org_id: "acme".into(),
-            seq,
-            kind: ActionKind::Payment,
             status: ActionStatus::Failed,
-            sku: "pro".into(),
-            external_id: "pi_1".into(),
-            event_id: Some(format!("evt_{seq}")),
-            amount: 4900,
-            currency: "usd".into(),
-            created_at_ms: 0,
-            simulated: false,
+            ..Action::test_payment("acme", &format!("fail_evt_{seq}"), seq)
         }
     }
 
