@@ -4,8 +4,9 @@
 //!
 //! The index is not part of what a webhook's 200 promises; the action rows
 //! are. So it is written apart from them, at most once per `flush_every`, in
-//! one INSERT (`crate::batch`, one write in flight). Written with every batch of actions (a materialized view did
-//! that) it doubled the parts ClickHouse creates and then merges, and cost
+//! one INSERT (`crate::batch`, one write in flight). Written with every
+//! batch of actions (a materialized view did that) it doubled the parts
+//! ClickHouse creates and then merges, and cost
 //! about a fifth of the ingest rate at 256 connections. Until an owner is
 //! written, and if its write fails or the process dies first, the
 //! PaymentIntent is still found: its org actor stays live far longer than

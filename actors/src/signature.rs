@@ -97,6 +97,21 @@ mod tests {
     const NOW: i64 = 1_700_000_000;
     const BODY: &[u8] = br#"{"id":"evt_1"}"#;
 
+    /// Every other test signs with `sign` and checks with `verify`, which
+    /// would agree on a shared mistake; this digest was computed apart
+    /// (Python's hmac over `"{t}.{body}"`), as Stripe documents it.
+    #[test]
+    fn the_signature_is_stripes_hmac_sha256_of_the_timestamp_and_body() {
+        assert_eq!(
+            sign(BODY, "whsec_known_answer", NOW),
+            "t=1700000000,v1=b9a1350d1d8b33e38577292ab22745a18a63d34be6f8d184f8260a8ce35d8796"
+        );
+        let header =
+            "t=1700000000,v1=b9a1350d1d8b33e38577292ab22745a18a63d34be6f8d184f8260a8ce35d8796";
+        let secret = [Secret::new("whsec_known_answer")];
+        assert_eq!(verify(Some(header), BODY, &secret, 300, NOW), Ok(()));
+    }
+
     fn secrets() -> Vec<Secret> {
         vec![Secret::new("whsec_old"), Secret::new("whsec_new")]
     }

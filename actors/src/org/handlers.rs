@@ -137,7 +137,8 @@ impl Handler<Ask<SimulatePayment>> for OrgActor {
             .map(|l| decide::simulation(l, &product, now_ms()))
         {
             Ok(Decision::Record(action)) => Some(action),
-            Ok(_) => None,
+            // Already entitled: answered once the writes before it are back.
+            Ok(Decision::Duplicate | Decision::Ignored) => None,
             Err(e) => return drop(reply.send(Err(e))),
         };
         self.commit(action, ctx, move |l| {

@@ -24,8 +24,9 @@ impl OrgActor {
         let Some(actions) = self.pipeline.next_append() else {
             return;
         };
-        // Names the command, never the org and seq: two nodes racing for one
-        // seq must both reach the sequence check, not be told "duplicate".
+        // Names the command (its events, or this actor and node), never the
+        // org alone: two nodes racing for one seq must both reach the
+        // sequence check, not be told "duplicate".
         let message_id = message_id(&actions, self.id, actions[0].seq);
         let (org_id, expected) = (self.org_id.clone(), self.log_seq);
         let metrics = self.deps.metrics.clone();

@@ -177,12 +177,6 @@ impl ActionStore {
         }
     }
 
-    /// Every action of one org, oldest first (ascending `seq`), one row per id.
-    pub async fn org_actions(&self, org_id: &str) -> Result<Vec<Action>, StoreError> {
-        let mut orgs = self.actions_of_orgs(&[org_id.to_owned()]).await?;
-        Ok(orgs.remove(org_id).unwrap_or_default())
-    }
-
     /// Every action of each of `org_ids` (one entry per org, maybe empty),
     /// oldest first, one row per id, read together.
     pub async fn actions_of_orgs(

@@ -72,6 +72,10 @@ impl ServiceProcess {
     /// SIGTERM, then up to `within` for the service to exit (it is killed
     /// when dropped if it has not).
     pub fn stop(mut self, within: Duration) {
+        // Already gone (a bench's service that exited): nothing to signal.
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         self.signal("TERM");
         let deadline = std::time::Instant::now() + within;
         while std::time::Instant::now() < deadline {

@@ -30,7 +30,11 @@ async fn on_embedded(
 }
 
 async fn stored_ids(store: &ActionStore, org_id: &str) -> Vec<String> {
-    let actions = store.org_actions(org_id).await.expect("read the store");
+    let mut orgs = store
+        .actions_of_orgs(&[org_id.to_owned()])
+        .await
+        .expect("read the store");
+    let actions = orgs.remove(org_id).unwrap_or_default();
     actions.into_iter().map(|a| a.id).collect()
 }
 
