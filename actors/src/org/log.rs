@@ -18,12 +18,14 @@ impl OrgActor {
     /// Appends every change decided since the last append, in one message,
     /// unless an append is still in flight.
     pub(super) fn append_unsent(&mut self, ctx: &mut Context<Self>) {
-        let Some(js) = self.jetstream().cloned() else {
+        if self.jetstream().is_none() {
             return;
-        };
+        }
         let Some(actions) = self.pipeline.next_append() else {
             return;
         };
+        // Cloned only for an append that goes out: this runs on every commit.
+        let js = self.jetstream().cloned().expect("checked above");
         // Names the command (its events, or this actor and node), never the
         // org alone: two nodes racing for one seq must both reach the
         // sequence check, not be told "duplicate".
