@@ -132,7 +132,7 @@ EOF
         --orgs "$ORGS" --payments "$PAYMENTS" --concurrency "$CONCURRENCY" --json-only)
     local full half rate
     full=$("$BIN/loadtest" "${load[@]}" --seed 1 --service-pid "$service" \
-        --baseline --bare-url "http://127.0.0.1:$bare_port" --baseline-pid "$bare_pid")
+        --bare-url "http://127.0.0.1:$bare_port" --baseline-pid "$bare_pid")
     echo "$full" >"$work/$backend.full.json"
     rate=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["requestRate"] / 2)' "$full")
     half=$("$BIN/loadtest" "${load[@]}" --seed 2 --rate "$rate")

@@ -1,5 +1,5 @@
 //! The baseline: as many requests as the load sent, with its client and
-//! concurrency, to `GET /healthz` or to a bare webhook handler.
+//! concurrency, to the bare webhook handler (`src/bin/bare_webhook.rs`).
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -9,8 +9,9 @@ use hdrhistogram::Histogram;
 use testkit::procfs::process_cpu_secs;
 use testkit::signing::sign_now;
 
+use crate::http::RawClient;
 use crate::workers::run_jobs;
-use crate::{new_histogram, Ctx};
+use crate::{new_histogram, Ctx, WEBHOOK_PATH};
 
 pub struct BaselineReport {
     pub name: &'static str,
@@ -21,25 +22,17 @@ pub struct BaselineReport {
     pub cpu_secs: Option<f64>,
 }
 
-pub enum BaselineTarget {
-    Healthz {
-        url: String,
-    },
-    /// The load's own signed webhooks, to a bare handler.
-    Bare {
-        url: String,
-        bodies: Vec<Bytes>,
-    },
-}
-
-/// `total` requests to the baseline with the load's client and concurrency.
-pub async fn run_baseline(ctx: &Arc<Ctx>, total: usize, target: BaselineTarget) -> BaselineReport {
+/// `total` of the load's own signed webhooks (`bodies`, in turn) to the bare
+/// handler behind `bare`, with the load's client and concurrency.
+pub async fn run_baseline(
+    ctx: &Arc<Ctx>,
+    total: usize,
+    bare: RawClient,
+    bodies: Vec<Bytes>,
+) -> BaselineReport {
     let latency = Arc::new(Mutex::new(new_histogram()));
-    let name = match target {
-        BaselineTarget::Healthz { .. } => "GET /healthz (baseline)",
-        BaselineTarget::Bare { .. } => "bare handler (baseline)",
-    };
-    let target = Arc::new(target);
+    let name = "bare handler (baseline)";
+    let target = Arc::new((bare, bodies));
     let cpu_before = ctx.args.baseline_pid.and_then(process_cpu_secs);
     let started = Instant::now();
     let send = {
@@ -47,25 +40,15 @@ pub async fn run_baseline(ctx: &Arc<Ctx>, total: usize, target: BaselineTarget) 
         move |i: usize| {
             let (ctx, latency, target) = (ctx.clone(), latency.clone(), target.clone());
             async move {
-                let request = match &*target {
-                    BaselineTarget::Healthz { url } => ctx.client.get(url.as_str()),
-                    BaselineTarget::Bare { url, bodies } => {
-                        let body = bodies[i % bodies.len()].clone();
-                        ctx.client
-                            .post(url.as_str())
-                            .header("Stripe-Signature", sign_now(&body, &ctx.webhook_secret))
-                            .header("Content-Type", "application/json")
-                            .body(body)
-                    }
-                };
+                let (bare, bodies) = &*target;
+                let body = &bodies[i % bodies.len()];
+                let signature = sign_now(body, &ctx.webhook_secret);
                 let permit = ctx.inflight.acquire().await.expect("never closed");
                 let start = Instant::now();
-                let res = async {
-                    let r = request.send().await?;
-                    let status = r.status().as_u16();
-                    r.bytes().await.map(|_| status)
-                }
-                .await;
+                let res = bare
+                    .post_json(WEBHOOK_PATH, &[("Stripe-Signature", &signature)], body)
+                    .await
+                    .map(|r| r.status);
                 let elapsed = start.elapsed();
                 drop(permit);
                 latency

@@ -8,7 +8,7 @@ use serde_json::Value;
 use testkit::signing::sign_now;
 
 use crate::script::{Chain, Event};
-use crate::Ctx;
+use crate::{Ctx, WEBHOOK_PATH};
 
 /// With `--rate`: send n goes out at `start + n / rate`.
 pub struct Pace {
@@ -56,7 +56,6 @@ async fn deliver(ctx: &Ctx, event: &Event) -> bool {
             .entry(event.action_id.clone())
             .or_insert_with(Instant::now);
     }
-    let url = format!("{}/webhooks/stripe", ctx.base);
     let mut backoff = Duration::from_millis(50);
     for attempt in 1..=ctx.args.max_attempts {
         if let Some(pace) = ctx.pace.get() {
@@ -65,20 +64,11 @@ async fn deliver(ctx: &Ctx, event: &Event) -> bool {
         let signature = sign_now(&event.body, &ctx.webhook_secret);
         let permit = ctx.inflight.acquire().await.expect("never closed");
         let start = Instant::now();
-        let result = async {
-            let res = ctx
-                .client
-                .post(&url)
-                .header("Stripe-Signature", signature)
-                .header("Content-Type", "application/json")
-                .body(event.body.clone())
-                .send()
-                .await?;
-            let status = res.status().as_u16();
-            let body = res.bytes().await?;
-            Ok::<_, reqwest::Error>((status, body))
-        }
-        .await;
+        let result = ctx
+            .webhooks
+            .post_json(WEBHOOK_PATH, &[("Stripe-Signature", &signature)], &event.body)
+            .await
+            .map(|r| (r.status, r.body));
         let elapsed = start.elapsed();
         drop(permit);
         ctx.requests.fetch_add(1, Ordering::SeqCst);

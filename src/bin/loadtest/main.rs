@@ -6,6 +6,7 @@
 
 mod baseline;
 mod deliver;
+mod http;
 mod payment_intents;
 mod report;
 mod script;
@@ -32,8 +33,9 @@ use testkit::token::token;
 use testkit::unix_now;
 use tokio::sync::{watch, Semaphore};
 
-use baseline::{run_baseline, BaselineTarget};
+use baseline::run_baseline;
 use deliver::{run_chain, Pace};
+use http::RawClient;
 use payment_intents::open_payment_intents;
 use report::Report;
 use script::{Product, Rng, Shape};
@@ -116,14 +118,11 @@ struct Args {
     /// an unpaced run reached; the summary shows the rate achieved.
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
-    /// Then send as many `GET /healthz` with the same concurrency and client,
-    /// and report the throughput ratio service / healthz.
+    /// Then send the same signed webhooks, as many requests, same client and
+    /// concurrency, to this URL's `/webhooks/stripe` (the bare handler of
+    /// `benches/ingest.sh`: signature check and JSON parse only), and report
+    /// the throughput ratio service / bare handler.
     #[arg(long)]
-    baseline: bool,
-    /// Instead of `GET /healthz`, the baseline is the same signed webhooks
-    /// sent to this URL's `/webhooks/stripe` (the bare handler of
-    /// `benches/ingest.sh`: signature check and JSON parse only).
-    #[arg(long, requires = "baseline")]
     bare_url: Option<String>,
     /// The service's pid: its CPU time (from /proc) over the load is
     /// reported per acknowledged webhook.
@@ -147,6 +146,7 @@ struct Args {
 }
 
 const MAX_PAYMENTS: usize = 125;
+const WEBHOOK_PATH: &str = "/webhooks/stripe";
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -173,6 +173,8 @@ struct Ctx {
     args: Args,
     base: String,
     client: reqwest::Client,
+    /// The webhooks' own client (see `http`).
+    webhooks: RawClient,
     webhook_secret: String,
     jwt_secret: String,
     inflight: Semaphore,
@@ -288,9 +290,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     } else {
         ProgressBar::hidden()
     };
+    let timeout = Duration::from_secs(args.timeout_secs);
     let ctx = Arc::new(Ctx {
         base: base.clone(),
         client: client.clone(),
+        webhooks: RawClient::new(&base, timeout).await?,
         webhook_secret,
         jwt_secret,
         inflight: Semaphore::new(args.concurrency),
@@ -394,23 +398,17 @@ async fn run(args: Args) -> anyhow::Result<bool> {
 
     // Baseline: as many requests, same client and concurrency.
     let requests = ctx.requests.load(Ordering::SeqCst);
-    let baseline = if args.baseline {
-        let target = match &args.bare_url {
-            None => BaselineTarget::Healthz {
-                url: format!("{}/healthz", ctx.base),
-            },
-            Some(url) => BaselineTarget::Bare {
-                url: format!("{}/webhooks/stripe", url.trim_end_matches('/')),
-                bodies: chains
-                    .iter()
-                    .flat_map(|c| &c.steps)
-                    .map(|s| s.event.body.clone())
-                    .collect(),
-            },
-        };
-        Some(run_baseline(&ctx, requests as usize, target).await)
-    } else {
-        None
+    let baseline = match &args.bare_url {
+        Some(url) => {
+            let bare = RawClient::new(url.trim_end_matches('/'), timeout).await?;
+            let bodies = chains
+                .iter()
+                .flat_map(|c| &c.steps)
+                .map(|s| s.event.body.clone())
+                .collect();
+            Some(run_baseline(&ctx, requests as usize, bare, bodies).await)
+        }
+        None => None,
     };
 
     let report = Report {

@@ -1,0 +1,177 @@
+//! The webhook load's own HTTP/1.1 client: keep-alive connections, one
+//! request at a time on each, and nothing else.
+//!
+//! On two cores the client shares the CPU with the service it drives, so
+//! whatever the client spends is taken from the service and, more so, from
+//! the bare handler it is compared with. reqwest (hyper's pool, a task per
+//! connection, header maps, a URL per request) cost about 30 µs of CPU per
+//! webhook; this costs a few. The other calls of the loadtest (checks,
+//! streams, PaymentIntents) are few and keep reqwest.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Responses are small JSON bodies; a larger one is a broken server.
+const MAX_RESPONSE_BYTES: usize = 1 << 20;
+const MAX_HEADERS: usize = 32;
+
+pub struct Response {
+    pub status: u16,
+    pub body: Bytes,
+}
+
+struct Connection {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+/// Connections to one `http://host:port`, reused while the server keeps them.
+pub struct RawClient {
+    addr: SocketAddr,
+    host: String,
+    timeout: Duration,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl RawClient {
+    /// A client of `base` (`http://host:port`, no path), resolved once.
+    pub async fn new(base: &str, timeout: Duration) -> anyhow::Result<Self> {
+        let url = reqwest::Url::parse(base).with_context(|| format!("{base} is not a URL"))?;
+        anyhow::ensure!(url.scheme() == "http", "{base}: only http:// is supported");
+        let host = url.host_str().context("no host")?.to_owned();
+        let port = url.port_or_known_default().context("no port")?;
+        let addr = tokio::net::lookup_host((host.as_str(), port))
+            .await?
+            .next()
+            .with_context(|| format!("{host} does not resolve"))?;
+        Ok(Self {
+            addr,
+            host: format!("{host}:{port}"),
+            timeout,
+            idle: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// `POST path` with a JSON body and these extra headers.
+    pub async fn post_json(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> io::Result<Response> {
+        let mut request = Vec::with_capacity(256 + body.len());
+        request.extend_from_slice(b"POST ");
+        request.extend_from_slice(path.as_bytes());
+        request.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+        request.extend_from_slice(self.host.as_bytes());
+        request.extend_from_slice(b"\r\nContent-Type: application/json\r\n");
+        for (name, value) in headers {
+            request.extend_from_slice(name.as_bytes());
+            request.extend_from_slice(b": ");
+            request.extend_from_slice(value.as_bytes());
+            request.extend_from_slice(b"\r\n");
+        }
+        request.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+        request.extend_from_slice(body);
+        tokio::time::timeout(self.timeout, self.send(&request))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request timed out"))?
+    }
+
+    async fn send(&self, request: &[u8]) -> io::Result<Response> {
+        let reused = self.idle.lock().unwrap().pop();
+        if let Some(mut conn) = reused {
+            match exchange(&mut conn, request).await {
+                Ok((response, keep)) => {
+                    self.give_back(conn, keep);
+                    return Ok(response);
+                }
+                // The server may have closed an idle connection just as we
+                // sent: nothing of the request was answered, so one fresh try.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof || is_reset(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let stream = TcpStream::connect(self.addr).await?;
+        stream.set_nodelay(true)?;
+        let mut conn = Connection {
+            stream,
+            buf: BytesMut::with_capacity(4096),
+        };
+        let (response, keep) = exchange(&mut conn, request).await?;
+        self.give_back(conn, keep);
+        Ok(response)
+    }
+
+    fn give_back(&self, conn: Connection, keep_alive: bool) {
+        if keep_alive {
+            self.idle.lock().unwrap().push(conn);
+        }
+    }
+}
+
+fn is_reset(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+    )
+}
+
+/// Writes one request and reads its response; also whether the connection
+/// may carry another.
+async fn exchange(conn: &mut Connection, request: &[u8]) -> io::Result<(Response, bool)> {
+    conn.stream.write_all(request).await?;
+    conn.buf.clear();
+    loop {
+        if conn.stream.read_buf(&mut conn.buf).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut headers);
+        let head_len = match parsed.parse(&conn.buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) if conn.buf.len() < MAX_RESPONSE_BYTES => continue,
+            Ok(httparse::Status::Partial) => return Err(invalid("response head too large")),
+            Err(e) => return Err(invalid(&format!("bad response: {e}"))),
+        };
+        let status = parsed.code.unwrap_or(0);
+        let mut body_len = None;
+        let mut keep_alive = true;
+        for h in parsed.headers.iter() {
+            if h.name.eq_ignore_ascii_case("content-length") {
+                body_len = std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<usize>().ok());
+            } else if h.name.eq_ignore_ascii_case("connection") {
+                keep_alive = !h.value.eq_ignore_ascii_case(b"close");
+            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                return Err(invalid("chunked responses are not read by this client"));
+            }
+        }
+        let body_len = body_len.ok_or_else(|| invalid("response without Content-Length"))?;
+        if body_len > MAX_RESPONSE_BYTES {
+            return Err(invalid("response body too large"));
+        }
+        while conn.buf.len() < head_len + body_len {
+            if conn.stream.read_buf(&mut conn.buf).await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        conn.buf.advance(head_len);
+        let body = conn.buf.split_to(body_len).freeze();
+        // Anything past the response would be a second answer to one request.
+        let keep_alive = keep_alive && conn.buf.is_empty();
+        return Ok((Response { status, body }, keep_alive));
+    }
+}
+
+fn invalid(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
+}
