@@ -2,7 +2,6 @@
 //! it is rebuilt from the store when the actor starts, so everything here is
 //! derived from actions and nothing else.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::model::{Action, ActionKind, ActionStatus};
@@ -16,6 +15,13 @@ pub struct IntentRecord {
     /// Refunded or disputed. Wins over `paid` whatever order they came in.
     pub revoked: bool,
 }
+
+// foldhash, not SipHash: every webhook folds its action twice (the ledger
+// ahead, then the durable one), and SipHash over the ids was the largest
+// part of that. The keys are ids from signature-checked Stripe events and
+// our own SKUs, and foldhash is still seeded per process.
+type HashMap<K, V> = foldhash::HashMap<K, V>;
+type HashSet<K> = foldhash::HashSet<K>;
 
 #[derive(Clone)]
 pub struct Ledger {
@@ -38,10 +44,10 @@ impl Ledger {
             org_id,
             skus,
             seq: 0,
-            applied_events: HashSet::new(),
-            intents: HashMap::new(),
-            purchases: HashMap::new(),
-            entitling: HashMap::new(),
+            applied_events: HashSet::default(),
+            intents: HashMap::default(),
+            purchases: HashMap::default(),
+            entitling: HashMap::default(),
         }
     }
 
