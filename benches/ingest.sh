@@ -18,6 +18,10 @@
 # Backends: embedded (SQLite), clickhouse (ClickHouse on 127.0.0.1:8123,
 # started with tests/support/clickhouse-server.sh), jetstream (one NATS
 # server, R1, `sync_interval: always`, with the ClickHouse projection).
+# For jetstream it also measures, on the same server, what one stream can
+# acknowledge at all (actors/benches/jetstream_ceiling.rs: a raw publisher,
+# one message per ack): the backend's ceiling when each message carries one
+# action, as it does when the load is spread over many orgs.
 # Shape: ORGS (5000) x PAYMENTS (10) with the loadtest's default mix of
 # failed attempts, successes, refunds, duplicates and out-of-order events;
 # CONCURRENCY (256); BATCH_MAX_MS (20).
@@ -91,6 +95,8 @@ EOF
     pids+=("$!")
     nats_url=nats://127.0.0.1:$nats_port
     for _ in $(seq 50); do grep -q "Server is ready" "$work/nats.log" && break; sleep 0.2; done
+    say "the stream's ceiling: a raw publisher, one message per ack"
+    ceiling=$(cargo bench --quiet -p actors --bench jetstream_ceiling -- --url "$nats_url" | tail -1)
 fi
 
 # Runs the service on `backend` and prints one JSON line per measurement.
@@ -138,9 +144,10 @@ EOF
     half=$("$BIN/loadtest" "${load[@]}" --seed 2 --rate "$rate")
     kill -TERM "$service"
     wait "$service" || true
-    python3 - "$backend" "$full" "$half" <<'EOF'
+    python3 - "$backend" "$full" "$half" "${ceiling:-null}" <<'EOF'
 import json, sys
 backend, full, half = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+ceiling = json.loads(sys.argv[4]) if backend == "jetstream" else None
 print(json.dumps({
     "backend": backend,
     "rate": full["requestRate"],
@@ -152,6 +159,7 @@ print(json.dumps({
     "p99AtHalfMs": half["latencyMs"]["p99"],
     "cpuUsPerWebhook": full.get("serviceCpuUsPerWebhook"),
     "bareCpuUsPerRequest": full["baseline"].get("cpuUsPerRequest"),
+    "streamCeilingMsgsPerSec": ceiling and round(ceiling["messagesPerSec"]),
     "lost": full["lost"] + half["lost"],
     "doubled": full["doubled"] + half["doubled"],
     "ok": full["ok"] and half["ok"],
@@ -180,6 +188,11 @@ for r in rows:
           f"{r['p99AtHalfMs']} (at {r['halfRate']:,.0f}/s) | {r['cpuUsPerWebhook']} | {r['bareCpuUsPerRequest']} | "
           f"{r['lost']} | {r['doubled']} |")
 print(f"\np99 at half rate goal: under batch_max_ms + 10 = {batch_ms + 10} ms")
+for r in rows:
+    if r.get("streamCeilingMsgsPerSec"):
+        c = r["streamCeilingMsgsPerSec"]
+        print(f"JetStream R1 stream ceiling on the same server (raw publisher, one message per ack): "
+              f"{c:,} msg/s = {c / r['bareRate']:.3f} of the bare handler (the backend's webhooks/s: {r['rate'] / c:.2f}x that)")
 for r in rows:
     print(json.dumps(r))
 sys.exit(0 if all(r["ok"] and r["lost"] == 0 and r["doubled"] == 0 for r in rows) else 1)
