@@ -53,7 +53,10 @@ fn parse_args() -> Args {
             other => panic!("unknown flag {other}"),
         }
     }
-    assert!(args.subjects >= args.in_flight, "--subjects must be at least --in-flight");
+    assert!(
+        args.subjects >= args.in_flight,
+        "--subjects must be at least --in-flight"
+    );
     args
 }
 
@@ -63,7 +66,9 @@ fn main() {
 }
 
 async fn publish_all(args: Args) {
-    let client = async_nats::connect(&args.url).await.expect("connect to NATS");
+    let client = async_nats::connect(&args.url)
+        .await
+        .expect("connect to NATS");
     let js = jetstream::new(client);
     let name = format!("CEILING_{}", std::process::id());
     let prefix = format!("ceiling_{}", std::process::id());

@@ -66,7 +66,11 @@ async fn deliver(ctx: &Ctx, event: &Event) -> bool {
         let start = Instant::now();
         let result = ctx
             .webhooks
-            .post_json(WEBHOOK_PATH, &[("Stripe-Signature", &signature)], &event.body)
+            .post_json(
+                WEBHOOK_PATH,
+                &[("Stripe-Signature", &signature)],
+                &event.body,
+            )
             .await
             .map(|r| (r.status, r.body));
         let elapsed = start.elapsed();

@@ -175,3 +175,85 @@ async fn exchange(conn: &mut Connection, request: &[u8]) -> io::Result<(Response
 fn invalid(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A server that answers each connection's requests with `answers`, in
+    /// turn, then closes it; it reports how many connections it accepted.
+    async fn server(answers: Vec<&'static [u8]>) -> (String, tokio::task::JoinHandle<usize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let mut connections = 0;
+            while let Ok(Ok((mut socket, _))) =
+                tokio::time::timeout(Duration::from_millis(300), listener.accept()).await
+            {
+                connections += 1;
+                for answer in &answers {
+                    let mut buf = [0u8; 4096];
+                    if socket.read(&mut buf).await.unwrap_or(0) == 0 {
+                        break;
+                    }
+                    // In two writes, so that the client meets a partial head.
+                    let (a, b) = answer.split_at(answer.len() / 2);
+                    socket.write_all(a).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    socket.write_all(b).await.unwrap();
+                }
+            }
+            connections
+        });
+        (base, task)
+    }
+
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 17\r\n\r\n{\"received\":true}";
+    const CLOSE: &[u8] =
+        b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-length: 2\r\n\r\n{}";
+
+    #[tokio::test]
+    async fn a_kept_connection_carries_the_next_request() {
+        let (base, server) = server(vec![OK, OK]).await;
+        let client = RawClient::new(&base, Duration::from_secs(5)).await.unwrap();
+        for _ in 0..2 {
+            let response = client
+                .post_json(
+                    "/webhooks/stripe",
+                    &[("Stripe-Signature", "t=1,v1=00")],
+                    b"{}",
+                )
+                .await
+                .unwrap();
+            assert_eq!(response.status, 200);
+            assert_eq!(&response.body[..], b"{\"received\":true}");
+        }
+        assert_eq!(server.await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_closed_connection_is_not_reused() {
+        let (base, server) = server(vec![CLOSE]).await;
+        let client = RawClient::new(&base, Duration::from_secs(5)).await.unwrap();
+        for _ in 0..2 {
+            let response = client.post_json("/x", &[], b"{}").await.unwrap();
+            assert_eq!(response.status, 503);
+            assert_eq!(&response.body[..], b"{}");
+        }
+        assert_eq!(server.await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_the_server_closed_is_replaced() {
+        // The server answers once per connection and then hangs up without
+        // saying so: the second request finds the pooled connection closed.
+        let (base, server) = server(vec![OK]).await;
+        let client = RawClient::new(&base, Duration::from_secs(5)).await.unwrap();
+        for _ in 0..2 {
+            let response = client.post_json("/x", &[], b"{}").await.unwrap();
+            assert_eq!(response.status, 200);
+        }
+        assert_eq!(server.await.unwrap(), 2);
+    }
+}
