@@ -234,7 +234,15 @@ impl OrgActor {
         event
     }
 
+    /// Hands the change to the SseHub, unless no browser on this node
+    /// watches the org: most orgs have none, and the hub's inbox is on
+    /// another thread. Skipping loses nothing: a stream subscribes at the hub
+    /// before it asks this actor for its snapshot or replay, so one that
+    /// subscribes after this check gets this change from that answer.
     fn publish(&self, event: Arc<OrgEvent>) {
+        if !self.deps.subscribed.contains(&self.org_id) {
+            return;
+        }
         let publish = Publish {
             org_id: self.org_id.to_string(),
             event,
