@@ -378,3 +378,70 @@ fn read_action(r: &Row<'_>) -> rusqlite::Result<Action> {
         simulated: r.get(11)?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreErrorKind;
+
+    #[actix::test]
+    async fn the_writer_opens_its_connection_again_after_a_failure() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        // A directory that does not exist yet: the writer cannot open the file.
+        let store = EmbeddedStore::new(dir.path().join("later").join("actions.db"));
+        let refused = store
+            .insert_batch(vec![Action::test_payment("acme", "a1", 1)])
+            .await
+            .expect_err("no file to write to");
+        assert_eq!(refused.kind(), StoreErrorKind::Unavailable, "{refused}");
+
+        store.migrate().await.expect("the directory and table made");
+        for seq in 1..=2 {
+            let id = format!("a{seq}");
+            store
+                .insert_batch(vec![Action::test_payment("acme", &id, seq)])
+                .await
+                .expect("written once the file can be opened");
+        }
+        let orgs = store
+            .actions_of_orgs(&["acme".to_owned()])
+            .await
+            .expect("read back on another connection");
+        let ids: Vec<&str> = orgs["acme"].iter().map(|a| a.id.as_str()).collect();
+        assert_eq!(ids, ["a1", "a2"]);
+    }
+
+    #[actix::test]
+    async fn a_repeated_seq_is_a_conflict_and_the_writer_goes_on() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = EmbeddedStore::new(dir.path().join("actions.db"));
+        store.migrate().await.expect("table made");
+        let first = Action::test_payment("acme", "a1", 1);
+        store
+            .insert_batch(vec![first.clone()])
+            .await
+            .expect("written");
+        // The same batch again (a retry after it landed) is a no-op...
+        store.insert_batch(vec![first]).await.expect("a no-op");
+        // ...another action at the same seq is refused whole...
+        let conflict = store
+            .insert_batch(vec![
+                Action::test_payment("acme", "a2", 2),
+                Action::test_payment("acme", "other", 1),
+            ])
+            .await
+            .expect_err("seq 1 is taken");
+        assert_eq!(conflict.kind(), StoreErrorKind::Conflict, "{conflict}");
+        // ...and nothing of that batch landed, while the next one does.
+        store
+            .insert_batch(vec![Action::test_payment("acme", "a2", 2)])
+            .await
+            .expect("written");
+        let orgs = store
+            .actions_of_orgs(&["acme".to_owned()])
+            .await
+            .expect("read back");
+        let ids: Vec<&str> = orgs["acme"].iter().map(|a| a.id.as_str()).collect();
+        assert_eq!(ids, ["a1", "a2"]);
+    }
+}
