@@ -384,6 +384,16 @@ mod tests {
     use super::*;
     use crate::store::StoreErrorKind;
 
+    /// acme's action ids in seq order, read on a reader's connection.
+    async fn acme_ids(store: &EmbeddedStore) -> Vec<String> {
+        let mut orgs = store
+            .actions_of_orgs(&["acme".to_owned()])
+            .await
+            .expect("read back");
+        let actions = orgs.remove("acme").unwrap_or_default();
+        actions.into_iter().map(|a| a.id).collect()
+    }
+
     #[actix::test]
     async fn the_writer_opens_its_connection_again_after_a_failure() {
         let dir = tempfile::tempdir().expect("a temporary directory");
@@ -403,12 +413,7 @@ mod tests {
                 .await
                 .expect("written once the file can be opened");
         }
-        let orgs = store
-            .actions_of_orgs(&["acme".to_owned()])
-            .await
-            .expect("read back on another connection");
-        let ids: Vec<&str> = orgs["acme"].iter().map(|a| a.id.as_str()).collect();
-        assert_eq!(ids, ["a1", "a2"]);
+        assert_eq!(acme_ids(&store).await, ["a1", "a2"]);
     }
 
     #[actix::test]
@@ -437,11 +442,6 @@ mod tests {
             .insert_batch(vec![Action::test_payment("acme", "a2", 2)])
             .await
             .expect("written");
-        let orgs = store
-            .actions_of_orgs(&["acme".to_owned()])
-            .await
-            .expect("read back");
-        let ids: Vec<&str> = orgs["acme"].iter().map(|a| a.id.as_str()).collect();
-        assert_eq!(ids, ["a1", "a2"]);
+        assert_eq!(acme_ids(&store).await, ["a1", "a2"]);
     }
 }
