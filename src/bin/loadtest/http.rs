@@ -36,12 +36,14 @@ struct Connection {
 pub struct RawClient {
     addr: SocketAddr,
     host: String,
+    /// The base URL's path, if any, before every request's path.
+    prefix: String,
     timeout: Duration,
     idle: Mutex<Vec<Connection>>,
 }
 
 impl RawClient {
-    /// A client of `base` (`http://host:port`, no path), resolved once.
+    /// A client of `base` (`http://host:port[/prefix]`), resolved once.
     pub async fn new(base: &str, timeout: Duration) -> anyhow::Result<Self> {
         let url = reqwest::Url::parse(base).with_context(|| format!("{base} is not a URL"))?;
         anyhow::ensure!(url.scheme() == "http", "{base}: only http:// is supported");
@@ -54,6 +56,7 @@ impl RawClient {
         Ok(Self {
             addr,
             host: format!("{host}:{port}"),
+            prefix: url.path().trim_end_matches('/').to_owned(),
             timeout,
             idle: Mutex::new(Vec::new()),
         })
@@ -68,6 +71,7 @@ impl RawClient {
     ) -> io::Result<Response> {
         let mut request = Vec::with_capacity(256 + body.len());
         request.extend_from_slice(b"POST ");
+        request.extend_from_slice(self.prefix.as_bytes());
         request.extend_from_slice(path.as_bytes());
         request.extend_from_slice(b" HTTP/1.1\r\nHost: ");
         request.extend_from_slice(self.host.as_bytes());
@@ -255,5 +259,29 @@ mod tests {
             assert_eq!(response.status, 200);
         }
         assert_eq!(server.await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_base_urls_path_comes_before_the_requests() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}/behind/a/proxy/", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let n = socket.read(&mut buf).await.unwrap();
+            socket.write_all(OK).await.unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        });
+        let client = RawClient::new(&base, Duration::from_secs(5)).await.unwrap();
+        let response = client
+            .post_json("/webhooks/stripe", &[], b"{}")
+            .await
+            .unwrap();
+        assert_eq!(response.status, 200);
+        let request = server.await.unwrap();
+        assert!(
+            request.starts_with("POST /behind/a/proxy/webhooks/stripe HTTP/1.1\r\n"),
+            "{request}"
+        );
     }
 }
