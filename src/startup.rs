@@ -120,9 +120,12 @@ impl Application {
             //
             // On the first org thread: the rows of that thread's orgs, and
             // their answers, then cross no thread. Its own work is light
-            // (batching; the store's I/O is elsewhere or async). Measured in
-            // five alternated pairs on 2026-12-03: every one faster, 1 to 3
-            // µs less service CPU per webhook than on the main thread.
+            // (batching; the store's I/O is elsewhere or async), but it waits
+            // behind those org actors' work (a burst of org loads, say), and
+            // on ClickHouse its INSERTs' connections are driven from that
+            // thread. Measured in five alternated pairs on 2026-12-03 (the
+            // embedded store): every one faster, 1 to 3 µs less service CPU
+            // per webhook than on the main thread.
             PersistenceActor::start_in_arbiter(&arbiters[0], move |_| {
                 let actor = PersistenceActor::new(store, persistence_settings, metrics);
                 match intent_index {

@@ -32,7 +32,8 @@
 //!    refuses if another node wrote the org first.
 //! 6. Only then the ledger takes them, the request is answered, and the
 //!    change goes to browsers: [`sse_hub::Publish`] to the
-//!    [`sse_hub::SseHub`] (and, with many nodes, to every node's org actor
+//!    [`sse_hub::SseHub`] when a browser on this node watches the org (and,
+//!    with many nodes, to every node's org actor
 //!    through the stream's [`follower`]).
 
 pub mod ask;

@@ -323,7 +323,7 @@ impl OrgActor {
         };
         // Browsers still listening (an earlier actor of the org stopped) may
         // have missed the newest events; each drops what it already has by
-        // seq.
+        // seq. (Checked once here rather than by `publish` per event.)
         if self.deps.subscribed.contains(&self.org_id) {
             for event in self.recent.iter() {
                 self.publish(event.clone());

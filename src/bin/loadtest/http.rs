@@ -34,7 +34,9 @@ struct Connection {
 
 /// Connections to one `http://host:port`, reused while the server keeps them.
 pub struct RawClient {
-    addr: SocketAddr,
+    /// Every address the host resolved to, tried in turn (`localhost` may
+    /// name `::1` first while the server listens on 127.0.0.1).
+    addrs: Vec<SocketAddr>,
     host: String,
     /// The base URL's path, if any, before every request's path.
     prefix: String,
@@ -49,12 +51,12 @@ impl RawClient {
         anyhow::ensure!(url.scheme() == "http", "{base}: only http:// is supported");
         let host = url.host_str().context("no host")?.to_owned();
         let port = url.port_or_known_default().context("no port")?;
-        let addr = tokio::net::lookup_host((host.as_str(), port))
-            .await?
-            .next()
-            .with_context(|| format!("{host} does not resolve"))?;
+        // An IPv6 literal comes bracketed, as URLs write it.
+        let bare_host = host.trim_start_matches('[').trim_end_matches(']');
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((bare_host, port)).await?.collect();
+        anyhow::ensure!(!addrs.is_empty(), "{host} does not resolve");
         Ok(Self {
-            addr,
+            addrs,
             host: format!("{host}:{port}"),
             prefix: url.path().trim_end_matches('/').to_owned(),
             timeout,
@@ -98,12 +100,17 @@ impl RawClient {
                     return Ok(response);
                 }
                 // The server may have closed an idle connection just as we
-                // sent: nothing of the request was answered, so one fresh try.
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof || is_reset(&e) => {}
+                // sent. Only when nothing of an answer came back is the
+                // request tried once more, on a fresh connection: once a
+                // byte came, the server had it, and a second copy would be
+                // a second delivery.
+                Err(e)
+                    if conn.buf.is_empty()
+                        && (e.kind() == io::ErrorKind::UnexpectedEof || is_reset(&e)) => {}
                 Err(e) => return Err(e),
             }
         }
-        let stream = TcpStream::connect(self.addr).await?;
+        let stream = TcpStream::connect(&self.addrs[..]).await?;
         stream.set_nodelay(true)?;
         let mut conn = Connection {
             stream,
@@ -131,8 +138,10 @@ fn is_reset(e: &io::Error) -> bool {
 /// Writes one request and reads its response; also whether the connection
 /// may carry another.
 async fn exchange(conn: &mut Connection, request: &[u8]) -> io::Result<(Response, bool)> {
-    conn.stream.write_all(request).await?;
+    // Empty whenever a connection is pooled; cleared anyway, because the
+    // caller reads "no byte of an answer came" from it.
     conn.buf.clear();
+    conn.stream.write_all(request).await?;
     loop {
         if conn.stream.read_buf(&mut conn.buf).await? == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
@@ -238,7 +247,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_closed_connection_is_not_reused() {
-        let (base, server) = server(vec![CLOSE]).await;
+        // The server would answer a second request on the same connection
+        // with a 200: a client that reused it would see one.
+        let (base, server) = server(vec![CLOSE, OK]).await;
         let client = RawClient::new(&base, Duration::from_secs(5)).await.unwrap();
         for _ in 0..2 {
             let response = client.post_json("/x", &[], b"{}").await.unwrap();

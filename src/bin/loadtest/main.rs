@@ -129,7 +129,7 @@ struct Args {
     #[arg(long)]
     service_pid: Option<u32>,
     /// The baseline server's pid, for its CPU per request likewise.
-    #[arg(long)]
+    #[arg(long, requires = "bare_url")]
     baseline_pid: Option<u32>,
     /// Print only the final JSON line on stdout.
     #[arg(long)]
