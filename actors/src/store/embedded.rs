@@ -2,13 +2,12 @@
 //!
 //! SQLite calls block, so none runs on an actor's thread. Inserts go to one
 //! thread of their own with one connection (see [`writer`]); reads (and the
-//! schema, made once at start) run on
-//! tokio's blocking pool, each blocking thread keeping its own connection
-//! per database file (a thread-local cache), so there is no shared
-//! connection and no lock of ours. A semaphore caps the reads running at
-//! once: without it, thousands of orgs loading together grow the blocking
-//! pool to hundreds of threads, each with a connection and its page cache
-//! (a gigabyte at 200,000 orgs).
+//! schema, made once at start) run on tokio's blocking pool, each blocking
+//! thread keeping its own connection per database file (a thread-local
+//! cache), so there is no shared connection and no lock of ours. A
+//! semaphore caps the reads running at once: without it, thousands of orgs
+//! loading together grow the blocking pool to hundreds of threads, each with
+//! a connection and its page cache (a gigabyte at 200,000 orgs).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -33,7 +32,7 @@ pub struct EmbeddedStore {
 
 /// SQLite reads at once: enough to keep reads beside the writer busy
 /// on a few cores, few enough to keep a handful of connections.
-const MAX_CONCURRENT_OPERATIONS: usize = 8;
+const MAX_CONCURRENT_READS: usize = 8;
 
 /// Batches queued for the writer thread beyond the one it is writing; the
 /// PersistenceActor has one in flight, so more only wait here briefly.
@@ -80,7 +79,7 @@ impl EmbeddedStore {
             .expect("spawn the SQLite writer thread");
         Self {
             path,
-            operations: Arc::new(Semaphore::new(MAX_CONCURRENT_OPERATIONS)),
+            operations: Arc::new(Semaphore::new(MAX_CONCURRENT_READS)),
             writes,
         }
     }
