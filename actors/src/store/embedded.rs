@@ -149,7 +149,7 @@ impl EmbeddedStore {
 
     pub async fn ping(&self) -> Result<(), StoreError> {
         if self.writes.is_closed() {
-            return Err(StoreError::unavailable("SQLite: the writer thread stopped"));
+            return Err(writer_gone());
         }
         self.with_conn(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
             .await
@@ -158,12 +158,11 @@ impl EmbeddedStore {
     /// Writes `rows` in one transaction, fsynced, on the writer thread.
     pub async fn insert_batch(&self, rows: Vec<Action>) -> Result<(), StoreError> {
         let (done, outcome) = oneshot::channel();
-        let gone = || StoreError::unavailable("SQLite: the writer thread stopped");
         self.writes
             .send(Write { rows, done })
             .await
-            .map_err(|_| gone())?;
-        outcome.await.map_err(|_| gone())?
+            .map_err(|_| writer_gone())?;
+        outcome.await.map_err(|_| writer_gone())?
     }
 
     /// Every action of each org, read on one connection.
@@ -266,12 +265,7 @@ fn writer(path: &Path, mut queue: mpsc::Receiver<Write>) {
         }
         let result = match &mut conn {
             Some(c) => insert_rows(c, &rows),
-            None => open(path)
-                .and_then(|c| {
-                    c.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
-                    c.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)?;
-                    Ok(c)
-                })
+            None => open_writer(path)
                 .map_err(StoreError::from)
                 .and_then(|c| insert_rows(conn.insert(c), &rows)),
         };
@@ -281,6 +275,19 @@ fn writer(path: &Path, mut queue: mpsc::Receiver<Write>) {
         }
         let _ = done.send(result);
     }
+}
+
+/// The writer's connection: a reader's, with its own cache and checkpoint mark.
+fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
+    let c = open(path)?;
+    c.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
+    c.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)?;
+    Ok(c)
+}
+
+/// What a write or a ping meets once the writer thread has ended.
+fn writer_gone() -> StoreError {
+    StoreError::unavailable("SQLite: the writer thread stopped")
 }
 
 fn insert_rows(c: &mut Connection, rows: &[Action]) -> Result<(), StoreError> {
