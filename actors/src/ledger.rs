@@ -16,16 +16,15 @@ pub struct IntentRecord {
     pub revoked: bool,
 }
 
-// foldhash, not SipHash: every webhook folds its action twice (the ledger
-// ahead, then the durable one), and SipHash over the ids was the largest
-// part of that. The keys are ids from signature-checked Stripe events and
+// foldhash, not SipHash: every webhook folds its action in, and SipHash
+// over the ids was the largest part of that. The keys are ids from signature-checked Stripe events and
 // our own SKUs, and foldhash is still seeded per process.
 type HashMap<K, V> = foldhash::HashMap<K, V>;
 type HashSet<K> = foldhash::HashSet<K>;
 
 #[derive(Clone)]
 pub struct Ledger {
-    org_id: String,
+    org_id: Arc<str>,
     skus: Arc<[String]>,
     seq: u64,
     applied_events: HashSet<String>,
@@ -38,10 +37,25 @@ pub struct Ledger {
     entitling: HashMap<String, u32>,
 }
 
+/// What reads and browsers see of an org as of one action: its `seq`, and
+/// per configured SKU whether it is entitled and how many purchases were
+/// delivered. The ledger gives one after each fold. The org actor keeps the
+/// one of its last durable action: changes become durable in the order they
+/// were folded, so that is all a second, durable ledger would answer, at
+/// a fraction of a second fold per webhook.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Standing {
+    org_id: Arc<str>,
+    skus: Arc<[String]>,
+    seq: u64,
+    /// (entitled, delivered purchases), one per entry of `skus`.
+    per_sku: Box<[(bool, u32)]>,
+}
+
 impl Ledger {
     pub fn new(org_id: String, skus: Arc<[String]>) -> Self {
         Self {
-            org_id,
+            org_id: org_id.into(),
             skus,
             seq: 0,
             applied_events: HashSet::default(),
@@ -86,25 +100,24 @@ impl Ledger {
         self.entitling.get(sku).is_some_and(|n| *n > 0)
     }
 
-    pub fn entitlements(&self) -> Entitlements {
-        self.skus
-            .iter()
-            .map(|sku| (sku.clone(), self.is_entitled(sku)))
-            .collect()
-    }
-
-    pub fn snapshot(&self) -> Snapshot {
-        Snapshot {
+    /// The org as of everything folded in so far.
+    pub fn standing(&self) -> Standing {
+        Standing {
             org_id: self.org_id.clone(),
-            entitlements: self.entitlements(),
+            skus: self.skus.clone(),
             seq: self.seq,
+            per_sku: self
+                .skus
+                .iter()
+                .map(|sku| (self.is_entitled(sku), self.purchases(sku)))
+                .collect(),
         }
     }
 
     /// Folds one action in and returns the stream event it produces.
     pub fn apply(&mut self, action: &Action) -> OrgEvent {
         self.fold(action);
-        self.event_for(action)
+        self.standing().event_for(action)
     }
 
     /// Folds one action in, without building its stream event (for a state
@@ -159,9 +172,46 @@ impl Ledger {
             }
         }
     }
+}
 
-    /// The stream event of an action just folded in.
-    fn event_for(&self, action: &Action) -> OrgEvent {
+impl Standing {
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    fn of(&self, sku: &str) -> Option<(bool, u32)> {
+        let i = self.skus.iter().position(|s| s == sku)?;
+        Some(self.per_sku[i])
+    }
+
+    /// Whether `sku` (a configured one; any other is not) is entitled.
+    pub fn is_entitled(&self, sku: &str) -> bool {
+        self.of(sku).is_some_and(|(entitled, _)| entitled)
+    }
+
+    /// Delivered purchases of `sku` (a configured one; any other has none).
+    pub fn purchases(&self, sku: &str) -> u32 {
+        self.of(sku).map_or(0, |(_, purchases)| purchases)
+    }
+
+    pub fn entitlements(&self) -> Entitlements {
+        self.skus
+            .iter()
+            .zip(self.per_sku.iter())
+            .map(|(sku, (entitled, _))| (sku.clone(), *entitled))
+            .collect()
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            org_id: self.org_id.to_string(),
+            entitlements: self.entitlements(),
+            seq: self.seq,
+        }
+    }
+
+    /// The stream event of `action`, the one this standing is as of.
+    pub fn event_for(&self, action: &Action) -> OrgEvent {
         if action.status == ActionStatus::Failed {
             return OrgEvent::payment_failed(
                 &self.org_id,
@@ -245,7 +295,33 @@ mod tests {
         assert!(!ledger.is_entitled("pack"));
         assert_eq!(ledger.seq(), 2);
         assert!(ledger.has_applied_event("evt_a1"));
-        assert_eq!(ledger.entitlements().len(), 2);
+        assert_eq!(ledger.standing().entitlements().len(), 2);
+    }
+
+    #[test]
+    fn a_standing_stays_as_of_its_action_while_the_ledger_goes_on() {
+        let mut ledger = Ledger::new("acme".into(), skus());
+        let paid = action(1, "a1", ActionKind::Payment, ActionStatus::Delivered, "pi_1");
+        ledger.fold(&paid);
+        let after_payment = ledger.standing();
+        ledger.fold(&action(2, "a2", ActionKind::Refund, ActionStatus::Delivered, "pi_1"));
+        assert!(!ledger.is_entitled("pack"));
+        assert!(after_payment.is_entitled("pack"));
+        assert_eq!((after_payment.seq(), after_payment.purchases("pack")), (1, 1));
+        assert_eq!(after_payment.purchases("other"), 0);
+        // A SKU that is not configured is neither entitled nor purchased.
+        let mut odd = action(3, "a3", ActionKind::Payment, ActionStatus::Delivered, "pi_2");
+        odd.sku = "gone".into();
+        ledger.fold(&odd);
+        assert!(ledger.is_entitled("gone"));
+        let standing = ledger.standing();
+        assert!(!standing.is_entitled("gone"));
+        assert_eq!(standing.purchases("gone"), 0);
+        let snapshot = after_payment.snapshot();
+        assert_eq!((snapshot.org_id.as_str(), snapshot.seq), ("acme", 1));
+        assert_eq!(snapshot.entitlements, [("other".to_string(), false), ("pack".to_string(), true)].into());
+        let event = after_payment.event_for(&paid);
+        assert!(event.data.contains(r#""pack":true"#), "{}", event.data);
     }
 
     #[test]
@@ -317,12 +393,16 @@ mod tests {
                 a.sku = "other".into();
             }
             ledger.fold(&a);
+            let standing = ledger.standing();
+            assert_eq!(standing.seq(), seq);
             for sku in ["pack", "other"] {
                 assert_eq!(
                     ledger.is_entitled(sku),
                     naive(&ledger, sku),
                     "after {seq}: {sku}"
                 );
+                assert_eq!(standing.is_entitled(sku), ledger.is_entitled(sku), "after {seq}: {sku}");
+                assert_eq!(standing.purchases(sku), ledger.purchases(sku), "after {seq}: {sku}");
             }
         }
     }

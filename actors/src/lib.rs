@@ -21,7 +21,7 @@
 //!    [`org::ApplyRevocation`] to the org's [`org::OrgActor`], started (and
 //!    loaded from the store) if it is not live.
 //! 4. The org actor asks [`org::decide`] what the event comes to against its
-//!    [`ledger::Ledger`] ahead (the durable one plus every write in flight):
+//!    [`ledger::Ledger`] ahead (the durable actions plus every write in flight):
 //!    a duplicate, nothing of ours, or the action to write, which joins the
 //!    [`org::pipeline::Pipeline`] of changes answered in the order decided.
 //! 5. The actions become durable: through the

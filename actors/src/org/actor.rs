@@ -1,6 +1,6 @@
 //! The org actor's state, its start (the org's history, read once) and
 //! stop, and the path of a decided change: through the [`Pipeline`] to the
-//! store, then applied to the durable ledger, published and answered.
+//! store, then made what reads see, published and answered.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use dashmap::DashMap;
 
 use crate::ask::Bounded;
 use crate::catalog::Product;
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, Standing};
 use crate::live_intents::LiveIntents;
 use crate::metrics::{Metrics, StoreOperation};
 use crate::model::{Action, ActionKind, ActionStatus, OrgActorId};
@@ -59,21 +59,26 @@ pub struct OrgDeps {
 pub(super) enum State {
     Loading,
     Ready {
-        /// What reads, snapshots and streams see: only durable actions.
-        durable: Ledger,
-        /// `durable` plus every action still being written: what a new
-        /// change is decided against. The two meet whenever nothing is in
-        /// flight; a refused write stops the actor, so `ahead` never has to
-        /// be rolled back.
+        /// Every action decided, durable or still being written: what a
+        /// new change is decided against. A refused write stops the actor,
+        /// so it never has to be rolled back.
         ahead: Ledger,
+        /// What reads, snapshots and streams see: the org as of its last
+        /// durable action. Each change carries the standing `ahead` gave
+        /// right after it, and takes its place here once it settles.
+        durable: Standing,
     },
     /// The store could not be read; every message is refused and the actor
     /// stops, so the next request tries a fresh load.
     Failed(StoreError),
 }
 
-/// Sends a change's answer, given the durable ledger it was applied to.
-pub(super) type Answer = Box<dyn FnOnce(Result<&Ledger, OrgError>)>;
+/// Sends a change's answer, given the org as of that change.
+pub(super) type Answer = Box<dyn FnOnce(Result<&Standing, OrgError>)>;
+
+/// What the pipeline carries beside each change: its answer, its span, and
+/// the org as of that change (which reads see once it is durable).
+pub(super) type Waiting = (Answer, tracing::Span, Standing);
 
 pub struct OrgActor {
     pub(super) org_id: OrgId,
@@ -82,8 +87,8 @@ pub struct OrgActor {
     /// out, unless a newer actor of the org has already taken its place.
     registry: Arc<DashMap<OrgId, Bounded<OrgActor>>>,
     pub(super) state: State,
-    /// Decided changes, each with its answer and its span.
-    pub(super) pipeline: Pipeline<(Answer, tracing::Span)>,
+    /// Decided changes, each with its answer, its span and its standing.
+    pub(super) pipeline: Pipeline<Waiting>,
     pub(super) recent: RecentEvents,
     pub(super) open_intents: HashMap<String, OpenIntent>,
     last_active: Instant,
@@ -139,8 +144,9 @@ impl OrgActor {
         self.deps.settings.products.iter().find(|p| p.sku == sku)
     }
 
-    /// The durable ledger, or the error to answer with (and the actor stops).
-    pub(super) fn ledger(&mut self, ctx: &mut Context<Self>) -> Result<&mut Ledger, OrgError> {
+    /// The org as of its last durable action, or the error to answer with
+    /// (and the actor stops).
+    pub(super) fn durable(&mut self, ctx: &mut Context<Self>) -> Result<&Standing, OrgError> {
         self.last_active = Instant::now();
         match &mut self.state {
             State::Ready { durable, .. } => Ok(durable),
@@ -153,15 +159,15 @@ impl OrgActor {
         }
     }
 
-    /// The ledger a new change is decided against: the durable one plus
-    /// every action still being written.
+    /// The ledger a new change is decided against: every durable action
+    /// and every one still being written.
     pub(super) fn ledger_ahead(&mut self, ctx: &mut Context<Self>) -> Result<&Ledger, OrgError> {
         if let Some(err) = self.pipeline.refusal() {
             return Err(err.clone());
         }
-        self.ledger(ctx)?;
+        self.durable(ctx)?;
         let State::Ready { ahead, .. } = &self.state else {
-            unreachable!("ledger() answered Ok")
+            unreachable!("durable() answered Ok")
         };
         Ok(ahead)
     }
@@ -173,7 +179,7 @@ impl OrgActor {
         &mut self,
         action: Option<Action>,
         ctx: &mut Context<Self>,
-        answer: impl FnOnce(Result<&Ledger, OrgError>) + 'static,
+        answer: impl FnOnce(Result<&Standing, OrgError>) + 'static,
     ) {
         let span = tracing::info_span!(
             "record_action",
@@ -188,10 +194,11 @@ impl OrgActor {
         if let Some(action) = &action {
             ahead.fold(action);
         }
+        let standing = ahead.standing();
         let written = action.clone();
-        let ticket = match self.pipeline.push(action, (Box::new(answer), span)) {
+        let ticket = match self.pipeline.push(action, (Box::new(answer), span, standing)) {
             Ok(ticket) => ticket,
-            Err((answer, _)) => return answer(Ok(durable)),
+            Err((answer, ..)) => return answer(Ok(durable)),
         };
         if let Some(action) = written {
             if self.jetstream().is_some() {
@@ -212,13 +219,15 @@ impl OrgActor {
         self.append_unsent(ctx);
     }
 
-    /// Folds a durable action into the ledger and tells everyone who needs
-    /// to know: the PaymentIntent map, the open intents, the browsers.
-    pub(super) fn apply_durable(&mut self, action: &Action) -> Arc<OrgEvent> {
+    /// Makes `standing`, the org as of `action`, what reads see, and tells
+    /// everyone who needs to know: the PaymentIntent map, the open intents,
+    /// the browsers.
+    pub(super) fn apply_durable(&mut self, action: &Action, standing: Standing) -> Arc<OrgEvent> {
         let State::Ready { durable, .. } = &mut self.state else {
             unreachable!("actions are applied to a ready ledger")
         };
-        let event = Arc::new(durable.apply(action));
+        let event = Arc::new(standing.event_for(action));
+        *durable = standing;
         self.deps
             .live_intents
             .insert(self.id, &action.external_id, &self.org_id, &action.sku);
@@ -257,10 +266,15 @@ impl OrgActor {
             match settled {
                 Settled::Applied {
                     action,
-                    answer: (answer, span),
+                    answer: (answer, span, standing),
                 } => {
                     let _entered = span.enter();
-                    let event = action.as_ref().map(|action| self.apply_durable(action));
+                    let event = match &action {
+                        Some(action) => Some(self.apply_durable(action, standing)),
+                        // Nothing written: the org stands as the change
+                        // before it left it.
+                        None => None,
+                    };
                     let State::Ready { durable, .. } = &self.state else {
                         unreachable!("changes are decided on a ready ledger")
                     };
@@ -271,7 +285,7 @@ impl OrgActor {
                 }
                 Settled::Refused {
                     error,
-                    answer: (answer, span),
+                    answer: (answer, span, _),
                     first,
                 } => {
                     let _entered = span.enter();
@@ -318,8 +332,8 @@ impl OrgActor {
                 .insert(self.id, payment_intent_id, &self.org_id, &intent.sku);
         }
         self.state = State::Ready {
-            ahead: ledger.clone(),
-            durable: ledger,
+            durable: ledger.standing(),
+            ahead: ledger,
         };
         // Browsers still listening (an earlier actor of the org stopped) may
         // have missed the newest events; each drops what it already has by
@@ -396,8 +410,10 @@ impl Actor for OrgActor {
         let me = ctx.address();
         self.registry
             .remove_if(&self.org_id, |_, actor| *actor.addr() == me);
-        if let State::Ready { durable, .. } = &self.state {
-            let ids = durable.intents().map(|(id, _)| id);
+        // Every write is back by now (or the actor never loaded), so the
+        // ledger ahead holds just what was claimed.
+        if let State::Ready { ahead, .. } = &self.state {
+            let ids = ahead.intents().map(|(id, _)| id);
             self.deps.live_intents.remove_claims(self.id, ids);
         }
         self.deps.metrics.live_org_actors.dec();

@@ -1,12 +1,13 @@
 //! One handler per request: each asks [`decide`](super::decide) what the
 //! request comes to against the ledger ahead, and hands the result to the
-//! pipeline (`commit`), or answers from the durable ledger.
+//! pipeline (`commit`), or answers from the org as of its last durable
+//! action.
 
 use actix::prelude::*;
 
 use crate::ask::Ask;
 use crate::catalog::Product;
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, Standing};
 use crate::model::now_ms;
 use crate::stripe_api::StripeError;
 
@@ -142,7 +143,7 @@ impl Handler<Ask<SimulatePayment>> for OrgActor {
             Err(e) => return drop(reply.send(Err(e))),
         };
         self.commit(action, ctx, move |l| {
-            let _ = reply.send(l.map(Ledger::entitlements));
+            let _ = reply.send(l.map(Standing::entitlements));
         });
     }
 }
@@ -151,7 +152,7 @@ impl Handler<Ask<GetSnapshot>> for OrgActor {
     type Result = ();
 
     fn handle(&mut self, ask: Ask<GetSnapshot>, ctx: &mut Context<Self>) {
-        let _ = ask.reply.send(self.ledger(ctx).map(|l| l.snapshot()));
+        let _ = ask.reply.send(self.durable(ctx).map(Standing::snapshot));
     }
 }
 
@@ -165,7 +166,7 @@ impl Handler<Ask<OpenPaymentIntent>> for OrgActor {
         let Some(product) = self.product(&r.sku).cloned() else {
             return drop(reply.send(Err(OrgError::UnknownSku(r.sku))));
         };
-        let purchases = match self.ledger(ctx) {
+        let purchases = match self.durable(ctx) {
             Ok(l) if l.is_entitled(&r.sku) => {
                 return drop(reply.send(Err(OrgError::AlreadyEntitled(r.sku))))
             }
@@ -208,7 +209,7 @@ impl Handler<Ask<ReplaySince>> for OrgActor {
             request: r, reply, ..
         } = ask;
         let max_replay = self.deps.settings.max_replay;
-        let (seq, snapshot) = match self.ledger(ctx) {
+        let (seq, snapshot) = match self.durable(ctx) {
             Ok(l) => (l.seq(), l.snapshot()),
             Err(e) => return drop(reply.send(Err(e))),
         };
@@ -244,7 +245,7 @@ impl Handler<Ask<ListActions>> for OrgActor {
         let Ask {
             request: r, reply, ..
         } = ask;
-        if let Err(e) = self.ledger(ctx) {
+        if let Err(e) = self.durable(ctx) {
             return drop(reply.send(Err(e)));
         }
         let store = self.deps.store.clone();

@@ -118,12 +118,16 @@ impl OrgActor {
         let _span =
             tracing::info_span!("observed", org_id = %self.org_id, sequence = message.sequence)
                 .entered();
+        // Only with nothing of ours in flight (see `observe`): the ledger
+        // ahead holds only durable actions.
         for action in &message.actions {
-            let event = self.apply_durable(action);
+            let State::Ready { ahead, .. } = &mut self.state else {
+                unreachable!("observed only on a ready ledger")
+            };
+            ahead.fold(action);
+            let standing = ahead.standing();
+            let event = self.apply_durable(action, standing);
             self.recent.remember(event);
-            if let State::Ready { ahead, .. } = &mut self.state {
-                ahead.fold(action);
-            }
         }
         self.log_seq = message.sequence;
     }

@@ -3,7 +3,7 @@
 //! A change is applied in one order: persist (durable), then fold into the
 //! ledger, then publish to the SseHub (when a browser on this node watches
 //! the org), then answer. Changes are pipelined:
-//! each is decided against the ledger *ahead* (the durable one plus every
+//! each is decided against the ledger *ahead* (the durable actions plus every
 //! write still in flight) and handed to the PersistenceActor at once, so an
 //! org with many webhooks in flight fills one group commit instead of
 //! waiting one commit per webhook. Changes are applied and answered in the

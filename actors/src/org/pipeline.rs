@@ -1,7 +1,7 @@
 //! The org's writes in flight and the refusal rule, without actix.
 //!
 //! Changes are decided one after another, each against the ledger ahead
-//! (the durable one plus every write still in flight), and their writes go
+//! (every durable action plus every write still in flight), and their writes go
 //! out at once. Writes may come back in any order; changes are settled
 //! (applied and answered) strictly in the order they were decided, each
 //! once its own write and every write before it is back. A change that
