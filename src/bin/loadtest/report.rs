@@ -220,7 +220,7 @@ impl Report<'_> {
             "ok": ok,
         });
         if let Some(cpu) = self.service_cpu_secs {
-            out["serviceCpuUsPerWebhook"] = json!((cpu * 1e6 / acked.max(1) as f64).round());
+            out["serviceCpuUsPerWebhook"] = json!(tenths(cpu * 1e6 / acked.max(1) as f64));
         }
         if let Some(b) = &self.baseline {
             out["baseline"] = json!({
@@ -228,7 +228,7 @@ impl Report<'_> {
                 "requests": b.requests,
                 "rate": (b.requests as f64 / b.secs).round(),
                 "latencyMs": latency_json(&b.latency),
-                "cpuUsPerRequest": b.cpu_secs.map(|c| (c * 1e6 / b.requests.max(1) as f64).round()),
+                "cpuUsPerRequest": b.cpu_secs.map(|c| tenths(c * 1e6 / b.requests.max(1) as f64)),
             });
             out["ratio"] = json!(ratio.map(|r| (r * 1000.0).round() / 1000.0));
         }
@@ -254,4 +254,9 @@ impl Report<'_> {
         println!("{out}");
         ok
     }
+}
+
+/// CPU figures to a tenth of a µs: whole µs hid changes of a few percent.
+fn tenths(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
 }
