@@ -104,13 +104,19 @@ async fn handle(
     stripe_actor: &Bounded<StripeActor>,
 ) -> Result<Outcome, ApiError> {
     let server = &state.settings.server;
-    let read = read_limited(payload, server.max_body_bytes);
-    let body = tokio::time::timeout(
-        std::time::Duration::from_secs(server.body_timeout_secs),
-        read,
-    )
-    .await
-    .map_err(|_| ApiError::RequestTimeout(server.body_timeout_secs))??;
+    let mut read = std::pin::pin!(read_limited(payload, server.max_body_bytes));
+    // A webhook's body has nearly always arrived with its headers: read it
+    // at once, and arm the body timeout (a timer per request) only for one
+    // still on its way.
+    let body = match futures_util::poll!(read.as_mut()) {
+        std::task::Poll::Ready(body) => body?,
+        std::task::Poll::Pending => tokio::time::timeout(
+            std::time::Duration::from_secs(server.body_timeout_secs),
+            read,
+        )
+        .await
+        .map_err(|_| ApiError::RequestTimeout(server.body_timeout_secs))??,
+    };
     let header = req
         .headers()
         .get("Stripe-Signature")

@@ -221,37 +221,39 @@ impl OrgActor {
 
     /// Makes `standing`, the org as of `action`, what reads see, and tells
     /// everyone who needs to know: the PaymentIntent map, the open intents,
-    /// the browsers.
-    pub(super) fn apply_durable(&mut self, action: &Action, standing: Standing) -> Arc<OrgEvent> {
+    /// the browsers, the recent events.
+    pub(super) fn apply_durable(&mut self, action: Action, standing: Standing) {
         let State::Ready { durable, .. } = &mut self.state else {
             unreachable!("actions are applied to a ready ledger")
         };
-        let event = Arc::new(standing.event_for(action));
-        *durable = standing;
+        durable.clone_from(&standing);
         self.deps
             .live_intents
             .insert(self.id, &action.external_id, &self.org_id, &action.sku);
         if action.kind == ActionKind::Payment && action.status == ActionStatus::Delivered {
             self.open_intents.remove(&action.sku);
         }
-        self.publish(event.clone());
         tracing::info!(
             kind = action.kind.as_str(),
             status = action.status.as_str(),
             "action recorded"
         );
-        event
+        // The SseHub hears of the change only if a browser on this node
+        // watches the org: most orgs have none, and the hub's inbox is on
+        // another thread. Skipping loses nothing: a stream subscribes at the
+        // hub before it asks this actor for its snapshot or replay, so one
+        // that subscribes after this check gets this change from that answer.
+        if self.deps.subscribed.contains(&self.org_id) {
+            let event = Arc::new(standing.event_for(&action));
+            self.publish(event.clone());
+            self.recent.remember(event);
+        } else {
+            self.recent.remember_unbuilt(action, standing);
+        }
     }
 
-    /// Hands the change to the SseHub, unless no browser on this node
-    /// watches the org: most orgs have none, and the hub's inbox is on
-    /// another thread. Skipping loses nothing: a stream subscribes at the hub
-    /// before it asks this actor for its snapshot or replay, so one that
-    /// subscribes after this check gets this change from that answer.
+    /// Hands a change to the SseHub.
     fn publish(&self, event: Arc<OrgEvent>) {
-        if !self.deps.subscribed.contains(&self.org_id) {
-            return;
-        }
         let publish = Publish {
             org_id: self.org_id.to_string(),
             event,
@@ -269,19 +271,15 @@ impl OrgActor {
                     answer: (answer, span, standing),
                 } => {
                     let _entered = span.enter();
-                    let event = match &action {
-                        Some(action) => Some(self.apply_durable(action, standing)),
-                        // Nothing written: the org stands as the change
-                        // before it left it.
-                        None => None,
-                    };
+                    // Nothing written: the org stands as the change before
+                    // it left it.
+                    if let Some(action) = action {
+                        self.apply_durable(action, standing);
+                    }
                     let State::Ready { durable, .. } = &self.state else {
                         unreachable!("changes are decided on a ready ledger")
                     };
                     answer(Ok(durable));
-                    if let Some(event) = event {
-                        self.recent.remember(event);
-                    }
                 }
                 Settled::Refused {
                     error,
@@ -318,11 +316,10 @@ impl OrgActor {
         let skip = actions
             .len()
             .saturating_sub(self.deps.settings.recent_events);
-        for (i, action) in actions.iter().enumerate() {
+        for (i, action) in actions.into_iter().enumerate() {
+            ledger.fold(&action);
             if i >= skip {
-                self.recent.remember(Arc::new(ledger.apply(action)));
-            } else {
-                ledger.fold(action);
+                self.recent.remember_unbuilt(action, ledger.standing());
             }
         }
         tracing::debug!(org_id = %self.org_id, seq = ledger.seq(), "org state rebuilt");
@@ -339,8 +336,8 @@ impl OrgActor {
         // have missed the newest events; each drops what it already has by
         // seq. (Checked once here rather than by `publish` per event.)
         if self.deps.subscribed.contains(&self.org_id) {
-            for event in self.recent.iter() {
-                self.publish(event.clone());
+            for event in self.recent.events() {
+                self.publish(event);
             }
         }
     }

@@ -120,14 +120,13 @@ impl OrgActor {
                 .entered();
         // Only with nothing of ours in flight (see `observe`): the ledger
         // ahead holds only durable actions.
-        for action in &message.actions {
+        for action in message.actions {
             let State::Ready { ahead, .. } = &mut self.state else {
                 unreachable!("observed only on a ready ledger")
             };
-            ahead.fold(action);
+            ahead.fold(&action);
             let standing = ahead.standing();
-            let event = self.apply_durable(action, standing);
-            self.recent.remember(event);
+            self.apply_durable(action, standing);
         }
         self.log_seq = message.sequence;
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use actix::Recipient;
 
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, Standing};
 use crate::model::Action;
 use crate::org_event::{OrgEvent, Snapshot};
 use crate::store_reader::{self, LoadOrg};
@@ -18,8 +18,38 @@ use super::messages::Replay;
 
 /// The org's newest stream events, oldest first, at most `capacity`.
 pub struct RecentEvents {
-    events: VecDeque<Arc<OrgEvent>>,
+    events: VecDeque<Recent>,
     capacity: usize,
+}
+
+/// One of the org's newest changes. Most are never streamed (no browser
+/// watches the org, none reconnects), so its stream event is serialised
+/// the first time one is needed, not on every change.
+// Unboxed: most entries stay `Unbuilt`, and a box would cost every change
+// an allocation to save memory on the orgs browsers watch.
+#[allow(clippy::large_enum_variant)]
+enum Recent {
+    Built(Arc<OrgEvent>),
+    Unbuilt { action: Action, standing: Standing },
+}
+
+impl Recent {
+    fn seq(&self) -> u64 {
+        match self {
+            Recent::Built(event) => event.seq,
+            Recent::Unbuilt { action, .. } => action.seq,
+        }
+    }
+
+    fn event(&mut self) -> Arc<OrgEvent> {
+        if let Recent::Unbuilt { action, standing } = self {
+            *self = Recent::Built(Arc::new(standing.event_for(action)));
+        }
+        match self {
+            Recent::Built(event) => event.clone(),
+            Recent::Unbuilt { .. } => unreachable!("built above"),
+        }
+    }
 }
 
 /// How a reconnect after `last_event_id` is answered.
@@ -41,36 +71,48 @@ impl RecentEvents {
         }
     }
 
+    /// Keeps a change whose event is already built (it was streamed).
     pub fn remember(&mut self, event: Arc<OrgEvent>) {
+        self.push(Recent::Built(event));
+    }
+
+    /// Keeps a change, its event to be built if a browser ever needs it;
+    /// `standing` is the org as of `action`.
+    pub fn remember_unbuilt(&mut self, action: Action, standing: Standing) {
+        self.push(Recent::Unbuilt { action, standing });
+    }
+
+    fn push(&mut self, recent: Recent) {
         if self.capacity == 0 {
             return;
         }
         if self.events.len() == self.capacity {
             self.events.pop_front();
         }
-        self.events.push_back(event);
+        self.events.push_back(recent);
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<OrgEvent>> {
-        self.events.iter()
+    /// Every event kept, oldest first (built now where they are not yet).
+    pub fn events(&mut self) -> Vec<Arc<OrgEvent>> {
+        self.events.iter_mut().map(Recent::event).collect()
     }
 
     /// `seq` is the org's newest; a reconnect missing more than
     /// `max_replay` events gets a snapshot.
-    pub fn plan(&self, last_event_id: u64, seq: u64, max_replay: usize) -> ReplayPlan {
+    pub fn plan(&mut self, last_event_id: u64, seq: u64, max_replay: usize) -> ReplayPlan {
         let after = last_event_id;
         if after > seq || (seq - after) as usize > max_replay {
             return ReplayPlan::Snapshot;
         }
-        let covered = after == seq || self.events.front().is_some_and(|e| e.seq <= after + 1);
+        let covered = after == seq || self.events.front().is_some_and(|e| e.seq() <= after + 1);
         if !covered {
             return ReplayPlan::FromStore;
         }
         ReplayPlan::Events(
             self.events
-                .iter()
-                .filter(|e| e.seq > after)
-                .cloned()
+                .iter_mut()
+                .filter(|e| e.seq() > after)
+                .map(Recent::event)
                 .collect(),
         )
     }
@@ -149,14 +191,34 @@ mod tests {
 
     #[test]
     fn memory_keeps_the_newest_events() {
-        let recent = recent(10, 3);
-        assert_eq!(recent.iter().map(|e| e.seq).collect::<Vec<_>>(), [8, 9, 10]);
-        assert_eq!(RecentEvents::new(0).iter().count(), 0);
+        let mut recent = recent(10, 3);
+        let seqs: Vec<u64> = recent.events().iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [8, 9, 10]);
+        assert_eq!(RecentEvents::new(0).events().len(), 0);
+    }
+
+    #[test]
+    fn an_event_built_when_needed_is_the_one_built_at_once() {
+        let mut ledger = Ledger::new("acme".into(), skus());
+        let mut lazily = RecentEvents::new(8);
+        let mut at_once = Vec::new();
+        for seq in 1..=4 {
+            let mut action = Action::test_payment("acme", &format!("a{seq}"), seq);
+            if seq == 2 {
+                action.status = ActionStatus::Failed;
+            }
+            ledger.fold(&action);
+            let standing = ledger.standing();
+            at_once.push(Arc::new(standing.event_for(&action)));
+            lazily.remember_unbuilt(action, standing);
+        }
+        assert_eq!(lazily.events(), at_once);
+        assert_eq!(seqs(lazily.plan(2, 4, 100)), [3, 4]);
     }
 
     #[test]
     fn a_gap_still_in_memory_is_replayed_in_order() {
-        let recent = recent(10, 3);
+        let mut recent = recent(10, 3);
         assert_eq!(seqs(recent.plan(8, 10, 100)), [9, 10]);
         // The one just before the oldest kept: still exactly covered.
         assert_eq!(seqs(recent.plan(7, 10, 100)), [8, 9, 10]);
@@ -165,7 +227,7 @@ mod tests {
 
     #[test]
     fn an_older_gap_is_read_from_the_store_and_a_wide_or_unknown_one_starts_over() {
-        let recent = recent(10, 3);
+        let mut recent = recent(10, 3);
         assert_eq!(recent.plan(6, 10, 100), ReplayPlan::FromStore);
         assert_eq!(
             recent.plan(0, 10, 9),
