@@ -39,7 +39,7 @@ const MAX_CONCURRENT_READS: usize = 8;
 const WRITE_QUEUE: usize = 4;
 
 /// The writer connection's page cache, in KiB (SQLite's default is 2 MiB):
-/// room for the upper levels of the table and its three indexes, which
+/// room for the upper levels of the table and its indexes, which
 /// every insert walks, as the file grows. Not more: at each commit SQLite
 /// scans part of the cache's hash table, and 64 MiB cost about 3% of the
 /// webhook rate against 2 or 16 MiB, which measured alike (alternated runs
@@ -47,7 +47,7 @@ const WRITE_QUEUE: usize = 4;
 const WRITER_CACHE_KIB: i64 = 16 * 1024;
 
 /// WAL pages before the writer checkpoints them into the file (SQLite's
-/// default is 1,000). Inserts land on pages spread over three indexes, and
+/// default is 1,000). Inserts land on pages spread over the indexes, and
 /// a longer WAL lets one checkpoint write a page that many commits changed:
 /// 15% fewer bytes written and a few percent more webhooks a second
 /// (alternated runs, 2026-12-03). About 40 MB of WAL between checkpoints
