@@ -45,13 +45,18 @@ struct Catalog {
 }
 
 pub struct StripeActor {
+    /// Shared with each event's routing future: one clone per event.
+    parts: Arc<Parts>,
+    /// Only on the actor that opens PaymentIntents.
+    catalog: Option<Catalog>,
+}
+
+struct Parts {
     api: StripeApi,
     directory: OrgDirectory,
     /// Where a PaymentIntent's org is looked up for events without metadata.
     owners: Recipient<FindIntentOwner>,
     metrics: Metrics,
-    /// Only on the actor that opens PaymentIntents.
-    catalog: Option<Catalog>,
 }
 
 impl StripeActor {
@@ -62,10 +67,12 @@ impl StripeActor {
         metrics: Metrics,
     ) -> Self {
         Self {
-            api,
-            directory,
-            owners,
-            metrics,
+            parts: Arc::new(Parts {
+                api,
+                directory,
+                owners,
+                metrics,
+            }),
             catalog: None,
         }
     }
@@ -85,7 +92,7 @@ impl StripeActor {
     fn sync_catalog(&mut self, ctx: &mut Context<Self>) {
         let Some(catalog) = &self.catalog else { return };
         let pending = catalog.pending.clone();
-        let api = self.api.clone();
+        let api = self.parts.api.clone();
         let attempt = async move {
             let mut results = Vec::with_capacity(pending.len());
             for product in pending {
@@ -112,7 +119,7 @@ impl StripeActor {
                     }
                 }
             }
-            act.metrics.catalog_pending_products.set(catalog.pending.len() as i64);
+            act.parts.metrics.catalog_pending_products.set(catalog.pending.len() as i64);
             match last_error {
                 None => tracing::info!(products = catalog.prices.len(), "Stripe catalog in place"),
                 Some(error) => {
@@ -136,7 +143,8 @@ impl Actor for StripeActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         if let Some(catalog) = &self.catalog {
-            self.metrics
+            self.parts
+                .metrics
                 .catalog_pending_products
                 .set(catalog.pending.len() as i64);
             self.sync_catalog(ctx);
@@ -148,7 +156,7 @@ impl Handler<CreatePaymentIntent> for StripeActor {
     type Result = ResponseFuture<Result<OpenIntent, StripeError>>;
 
     fn handle(&mut self, msg: CreatePaymentIntent, _: &mut Context<Self>) -> Self::Result {
-        let api = self.api.clone();
+        let api = self.parts.api.clone();
         let price_id = self
             .catalog
             .as_ref()
@@ -196,13 +204,16 @@ impl Handler<Ask<HandleEvent>> for StripeActor {
         }: Ask<HandleEvent>,
         _: &mut Context<Self>,
     ) {
-        let api = self.api.clone();
-        let directory = self.directory.clone();
-        let owners = self.owners.clone();
-        let metrics = self.metrics.clone();
+        let parts = self.parts.clone();
         actix::spawn(
             async move {
-                let answer = routing::route(event, &api, &directory, &owners).await;
+                let Parts {
+                    api,
+                    directory,
+                    owners,
+                    metrics,
+                } = &*parts;
+                let answer = routing::route(event, api, directory, owners).await;
                 match answer {
                     Ok(Outcome::Recorded) => metrics.event(EventOutcome::Applied),
                     Ok(Outcome::Duplicate) => metrics.event(EventOutcome::Duplicate),
