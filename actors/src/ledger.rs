@@ -42,7 +42,7 @@ pub struct Ledger {
 /// delivered. The ledger gives one after each fold. The org actor keeps the
 /// one of its last durable action: changes become durable in the order they
 /// were folded, so that is all a second, durable ledger would answer, at
-/// a fraction of a second fold per webhook.
+/// a fraction of the cost of a second fold per webhook.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Standing {
     org_id: Arc<str>,
@@ -120,8 +120,7 @@ impl Ledger {
         self.standing().event_for(action)
     }
 
-    /// Folds one action in, without building its stream event (for a state
-    /// that no browser sees).
+    /// Folds one action in, without building its stream event.
     pub fn fold(&mut self, action: &Action) {
         self.seq = self.seq.max(action.seq);
         if let Some(event_id) = &action.event_id {

@@ -30,8 +30,8 @@
 //!    the org actor's own append
 //!    ([`store::jetstream::JetStreamStore::append`]), which the stream
 //!    refuses if another node wrote the org first.
-//! 6. Only then the ledger takes them, the request is answered, and the
-//!    change goes to browsers: [`sse_hub::Publish`] to the
+//! 6. Only then the org's standing as of them becomes what reads see, the
+//!    request is answered, and the change goes to browsers: [`sse_hub::Publish`] to the
 //!    [`sse_hub::SseHub`] when a browser on this node watches the org (and,
 //!    with many nodes, to every node's org actor
 //!    through the stream's [`follower`]).

@@ -407,8 +407,9 @@ impl Actor for OrgActor {
         let me = ctx.address();
         self.registry
             .remove_if(&self.org_id, |_, actor| *actor.addr() == me);
-        // Every write is back by now (or the actor never loaded), so the
-        // ledger ahead holds just what was claimed.
+        // The ledger ahead names every PaymentIntent this actor claimed (and
+        // perhaps some of refused writes, never claimed): only this actor's
+        // own claims are given up.
         if let State::Ready { ahead, .. } = &self.state {
             let ids = ahead.intents().map(|(id, _)| id);
             self.deps.live_intents.remove_claims(self.id, ids);

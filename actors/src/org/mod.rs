@@ -1,8 +1,9 @@
 //! OrgActor: one per org, the only owner of that org's state.
 //!
-//! A change is applied in one order: persist (durable), then fold into the
-//! ledger, then publish to the SseHub (when a browser on this node watches
-//! the org), then answer. Changes are pipelined:
+//! A change is applied in one order: fold into the ledger ahead when
+//! decided; persist (durable); then, in the order decided, its standing
+//! becomes what reads see, it is published to the SseHub (when a browser on
+//! this node watches the org), and it is answered. Changes are pipelined:
 //! each is decided against the ledger *ahead* (the durable actions plus every
 //! write still in flight) and handed to the PersistenceActor at once, so an
 //! org with many webhooks in flight fills one group commit instead of
