@@ -300,16 +300,37 @@ mod tests {
     #[test]
     fn a_standing_stays_as_of_its_action_while_the_ledger_goes_on() {
         let mut ledger = Ledger::new("acme".into(), skus());
-        let paid = action(1, "a1", ActionKind::Payment, ActionStatus::Delivered, "pi_1");
+        let paid = action(
+            1,
+            "a1",
+            ActionKind::Payment,
+            ActionStatus::Delivered,
+            "pi_1",
+        );
         ledger.fold(&paid);
         let after_payment = ledger.standing();
-        ledger.fold(&action(2, "a2", ActionKind::Refund, ActionStatus::Delivered, "pi_1"));
+        ledger.fold(&action(
+            2,
+            "a2",
+            ActionKind::Refund,
+            ActionStatus::Delivered,
+            "pi_1",
+        ));
         assert!(!ledger.is_entitled("pack"));
         assert!(after_payment.is_entitled("pack"));
-        assert_eq!((after_payment.seq(), after_payment.purchases("pack")), (1, 1));
+        assert_eq!(
+            (after_payment.seq(), after_payment.purchases("pack")),
+            (1, 1)
+        );
         assert_eq!(after_payment.purchases("other"), 0);
         // A SKU that is not configured is neither entitled nor purchased.
-        let mut odd = action(3, "a3", ActionKind::Payment, ActionStatus::Delivered, "pi_2");
+        let mut odd = action(
+            3,
+            "a3",
+            ActionKind::Payment,
+            ActionStatus::Delivered,
+            "pi_2",
+        );
         odd.sku = "gone".into();
         ledger.fold(&odd);
         assert!(ledger.is_entitled("gone"));
@@ -318,7 +339,10 @@ mod tests {
         assert_eq!(standing.purchases("gone"), 0);
         let snapshot = after_payment.snapshot();
         assert_eq!((snapshot.org_id.as_str(), snapshot.seq), ("acme", 1));
-        assert_eq!(snapshot.entitlements, [("other".to_string(), false), ("pack".to_string(), true)].into());
+        assert_eq!(
+            snapshot.entitlements,
+            [("other".to_string(), false), ("pack".to_string(), true)].into()
+        );
         let event = after_payment.event_for(&paid);
         assert!(event.data.contains(r#""pack":true"#), "{}", event.data);
     }
@@ -400,8 +424,16 @@ mod tests {
                     naive(&ledger, sku),
                     "after {seq}: {sku}"
                 );
-                assert_eq!(standing.is_entitled(sku), ledger.is_entitled(sku), "after {seq}: {sku}");
-                assert_eq!(standing.purchases(sku), ledger.purchases(sku), "after {seq}: {sku}");
+                assert_eq!(
+                    standing.is_entitled(sku),
+                    ledger.is_entitled(sku),
+                    "after {seq}: {sku}"
+                );
+                assert_eq!(
+                    standing.purchases(sku),
+                    ledger.purchases(sku),
+                    "after {seq}: {sku}"
+                );
             }
         }
     }

@@ -196,7 +196,10 @@ impl OrgActor {
         }
         let standing = ahead.standing();
         let written = action.clone();
-        let ticket = match self.pipeline.push(action, (Box::new(answer), span, standing)) {
+        let ticket = match self
+            .pipeline
+            .push(action, (Box::new(answer), span, standing))
+        {
             Ok(ticket) => ticket,
             Err((answer, ..)) => return answer(Ok(durable)),
         };

@@ -511,8 +511,14 @@ mod tests {
         let store = EmbeddedStore::new(&path);
         store.migrate().await.expect("the old table is kept");
         let first = Action::test_payment("acme", "a1", 1);
-        store.insert_batch(vec![first.clone()]).await.expect("written");
-        store.insert_batch(vec![first]).await.expect("the same row again: a no-op");
+        store
+            .insert_batch(vec![first.clone()])
+            .await
+            .expect("written");
+        store
+            .insert_batch(vec![first])
+            .await
+            .expect("the same row again: a no-op");
         for refused in [
             Action::test_payment("acme", "other", 1),
             Action::test_payment("acme", "a1", 2),
@@ -521,7 +527,11 @@ mod tests {
                 .insert_batch(vec![refused.clone()])
                 .await
                 .expect_err("seq 1 or id a1 is taken");
-            assert_eq!(conflict.kind(), StoreErrorKind::Conflict, "{refused:?}: {conflict}");
+            assert_eq!(
+                conflict.kind(),
+                StoreErrorKind::Conflict,
+                "{refused:?}: {conflict}"
+            );
         }
         store
             .insert_batch(vec![Action::test_payment("acme", "a2", 2)])
