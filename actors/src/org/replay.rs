@@ -42,12 +42,13 @@ impl Recent {
     }
 
     fn event(&mut self) -> Arc<OrgEvent> {
-        if let Recent::Unbuilt { action, standing } = self {
-            *self = Recent::Built(Arc::new(standing.event_for(action)));
-        }
         match self {
             Recent::Built(event) => event.clone(),
-            Recent::Unbuilt { .. } => unreachable!("built above"),
+            Recent::Unbuilt { action, standing } => {
+                let event = Arc::new(standing.event_for(action));
+                *self = Recent::Built(event.clone());
+                event
+            }
         }
     }
 }
