@@ -213,9 +213,10 @@ impl ActionStore {
         }
     }
 
-    /// The org and SKU of each of `payment_intent_ids` that has a recorded
-    /// action (absent: none), read together. Used when a charge or dispute
-    /// arrives without metadata.
+    /// The org and SKU of each of `payment_intent_ids` whose payment was
+    /// recorded as delivered (the ClickHouse backend: any recorded action;
+    /// absent: none), read together. Used when a refund or dispute arrives
+    /// without metadata; other PaymentIntents are asked of Stripe.
     pub async fn owners_of_intents(
         &self,
         payment_intent_ids: &[String],
