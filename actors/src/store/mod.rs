@@ -213,10 +213,11 @@ impl ActionStore {
         }
     }
 
-    /// The org and SKU of each of `payment_intent_ids` whose payment was
-    /// recorded as delivered (the ClickHouse backend: any recorded action;
-    /// absent: none), read together. Used when a refund or dispute arrives
-    /// without metadata; other PaymentIntents are asked of Stripe.
+    /// The org and SKU of each of `payment_intent_ids` with a recorded
+    /// delivered action (the embedded store; JetStream: a delivered payment;
+    /// ClickHouse: any action), read together; absent: none. Used when a
+    /// refund or dispute arrives without metadata; the rest are asked of
+    /// Stripe.
     pub async fn owners_of_intents(
         &self,
         payment_intent_ids: &[String],
