@@ -139,7 +139,7 @@ impl EmbeddedStore {
         // the benchmark's failed payments and refunds are a third of its
         // rows: 13 to 19% fewer bytes written and about 5% less CPU a
         // webhook (alternated runs, 2026-12-03). Files made before lose the
-        // full index at start.
+        // full index at start and build this one (one scan of the table).
         self.with_conn(|c| {
             c.execute_batch(
                 "CREATE TABLE IF NOT EXISTS actions (

@@ -215,9 +215,8 @@ impl ActionStore {
 
     /// The org and SKU of each of `payment_intent_ids` with a recorded
     /// delivered payment (ClickHouse: any recorded action), read together;
-    /// absent: none. Used when a
-    /// refund or dispute arrives without metadata; the rest are asked of
-    /// Stripe.
+    /// absent: none. Used when a refund or dispute arrives without metadata;
+    /// the rest are asked of Stripe.
     pub async fn owners_of_intents(
         &self,
         payment_intent_ids: &[String],
