@@ -581,5 +581,20 @@ mod tests {
             .await
             .expect("written");
         assert_eq!(acme_ids(&store).await, ["a1", "a2"]);
+        // The full PaymentIntent index gave way to the delivered payments' one.
+        let indexes: Vec<String> = Connection::open(&path)
+            .expect("the file")
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL ORDER BY name")
+            .expect("a query")
+            .query_map([], |r| r.get(0))
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("names");
+        assert_eq!(indexes, ["actions_org_seq", "actions_paid_intent"]);
+        let owners = store
+            .owners_of_intents(&["pi_a2".to_owned()])
+            .await
+            .expect("read");
+        assert_eq!(owners["pi_a2"].org_id, "acme");
     }
 }
