@@ -23,6 +23,10 @@ use crate::model::{Action, ActionKind, ActionStatus};
 
 const COLUMNS: &str = "id, org_id, seq, kind, status, sku, external_id, event_id, amount, currency, created_at_ms, simulated";
 
+/// The rows the PaymentIntent index holds. The owner lookup names the same
+/// condition: SQLite uses a partial index only for a query that implies it.
+const DELIVERED_PAYMENT: &str = "kind = 'payment' AND status = 'delivered'";
+
 #[derive(Clone)]
 pub struct EmbeddedStore {
     path: Arc<PathBuf>,
@@ -141,7 +145,7 @@ impl EmbeddedStore {
         // webhook (alternated runs, 2026-12-03). Files made before lose the
         // full index at start and build this one (one scan of the table).
         self.with_conn(|c| {
-            c.execute_batch(
+            c.execute_batch(&format!(
                 "CREATE TABLE IF NOT EXISTS actions (
                     id            TEXT NOT NULL,
                     org_id        TEXT NOT NULL,
@@ -158,9 +162,9 @@ impl EmbeddedStore {
                  );
                  CREATE UNIQUE INDEX IF NOT EXISTS actions_org_seq ON actions (org_id, seq);
                  CREATE INDEX IF NOT EXISTS actions_paid_intent ON actions (external_id)
-                    WHERE kind = 'payment' AND status = 'delivered';
-                 DROP INDEX IF EXISTS actions_external_id;",
-            )?;
+                    WHERE {DELIVERED_PAYMENT};
+                 DROP INDEX IF EXISTS actions_external_id;"
+            ))?;
             Ok(())
         })
         .await
@@ -234,10 +238,10 @@ impl EmbeddedStore {
     ) -> Result<HashMap<String, PaymentIntentOwner>, StoreError> {
         let ids = payment_intent_ids.to_vec();
         self.with_conn(move |c| {
-            let mut stmt = c.prepare_cached(
+            let mut stmt = c.prepare_cached(&format!(
                 "SELECT org_id, sku FROM actions
-                 WHERE external_id = ?1 AND kind = 'payment' AND status = 'delivered' LIMIT 1",
-            )?;
+                 WHERE external_id = ?1 AND {DELIVERED_PAYMENT} LIMIT 1"
+            ))?;
             let mut owners = HashMap::new();
             for id in ids {
                 let owner = stmt
@@ -443,6 +447,15 @@ mod tests {
     use super::*;
     use crate::store::StoreErrorKind;
 
+    /// A store on a new file with its table made; the file lives as long
+    /// as the directory.
+    async fn migrated_store() -> (tempfile::TempDir, EmbeddedStore) {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = EmbeddedStore::new(dir.path().join("actions.db"));
+        store.migrate().await.expect("the table made");
+        (dir, store)
+    }
+
     /// acme's action ids in seq order, read on a reader's connection.
     async fn acme_ids(store: &EmbeddedStore) -> Vec<String> {
         let mut orgs = store
@@ -477,9 +490,7 @@ mod tests {
 
     #[actix::test]
     async fn a_repeated_seq_is_a_conflict_and_the_writer_goes_on() {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let store = EmbeddedStore::new(dir.path().join("actions.db"));
-        store.migrate().await.expect("table made");
+        let (_dir, store) = migrated_store().await;
         let first = Action::test_payment("acme", "a1", 1);
         store
             .insert_batch(vec![first.clone()])
@@ -508,9 +519,7 @@ mod tests {
 
     #[actix::test]
     async fn only_a_delivered_payment_gives_its_payment_intent_an_owner() {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let store = EmbeddedStore::new(dir.path().join("actions.db"));
-        store.migrate().await.expect("the table made");
+        let (_dir, store) = migrated_store().await;
         let paid = Action::test_payment("acme", "paid", 1);
         // A refund heard before its payment's success: Stripe knows.
         let refunded_early = Action {
