@@ -20,6 +20,7 @@ use actors::org::{OrgDeps, OrgSettings, Product};
 use actors::persistence::{PersistenceActor, PersistenceSettings};
 use actors::projection::Projection;
 use actors::reconciler::Reconciler;
+use actors::scheduling;
 use actors::sse_hub::{SseHub, SubscribedOrgs};
 use actors::store::{
     ActionStore, ClickHouseSettings, ClickHouseStore, EmbeddedStore, JetStreamSettings,
@@ -105,10 +106,15 @@ impl Application {
             ActionStore::Embedded(_) | ActionStore::JetStream(_) => None,
         };
         // Org actors live on their own threads, one per core, so that
-        // HTTP workers only parse and route.
+        // HTTP workers only parse and route. Woken for nearly every webhook,
+        // they do not preempt the HTTP workers (`scheduling`).
         let arbiters: Vec<ArbiterHandle> = (0..std::thread::available_parallelism()
             .map_or(2, |n| n.get()))
-            .map(|_| Arbiter::new().handle())
+            .map(|_| {
+                let arbiter = Arbiter::new().handle();
+                arbiter.spawn_fn(scheduling::hand_off_thread);
+                arbiter
+            })
             .collect();
         let persistence = {
             let (store, metrics) = (store.clone(), metrics.clone());

@@ -54,6 +54,7 @@ pub mod org_id;
 pub mod persistence;
 pub mod projection;
 pub mod reconciler;
+pub mod scheduling;
 pub mod secret;
 pub mod signature;
 pub mod sse_hub;

@@ -280,6 +280,9 @@ impl EmbeddedStore {
 /// so when the blocking pool handed each batch to whichever thread was free,
 /// nearly every commit began by reading its b-tree pages back from the file.
 fn writer(path: &Path, mut queue: mpsc::Receiver<Write>) {
+    // Woken for every batch: it waits for a free CPU rather than preempting
+    // the threads that hand it work.
+    crate::scheduling::hand_off_thread();
     let mut conn: Option<Connection> = None;
     while let Some(Write { rows, done }) = queue.blocking_recv() {
         // Its caller gave up (the write timed out and was answered 503):
