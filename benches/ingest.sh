@@ -36,6 +36,7 @@ ORGS=${ORGS:-5000}
 PAYMENTS=${PAYMENTS:-10}
 CONCURRENCY=${CONCURRENCY:-256}
 ROUNDS=${ROUNDS:-3}
+(( ROUNDS >= 1 )) || { echo "ROUNDS must be 1 or more" >&2; exit 2; }
 BATCH_MAX_MS=${BATCH_MAX_MS:-20}
 SECRET=whsec_bench
 JWT=bench-jwt-secret
@@ -59,11 +60,24 @@ BIN=$ROOT/target/release
 work=$(mktemp -d "${TMPDIR:-/tmp}/entitlements-ingest.XXXXXX")
 pids=()
 clickhouse_started=""
+# Stops `pid` (a child of this shell) and forgets it.
+stop_pid() {
+    kill -TERM "$1" 2>/dev/null || true
+    wait "$1" || true
+    local kept=() pid
+    for pid in "${pids[@]}"; do [[ $pid == "$1" ]] || kept+=("$pid"); done
+    pids=("${kept[@]}")
+}
 cleanup() {
+    local status=$?
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
     if [[ -n $clickhouse_started ]]; then RUN_DIR=$work/clickhouse tests/support/clickhouse-server.sh stop; fi
-    rm -rf "$work"
+    if (( status != 0 )); then
+        echo "failed; the runs' reports and logs are kept in $work" >&2
+    else
+        rm -rf "$work"
+    fi
 }
 trap cleanup EXIT
 
@@ -89,15 +103,14 @@ nats_pid=""
 # over three runs, against 11 to 14 ms on a fresh server each time, with
 # the service before and after that day's change alike).
 fresh_nats() {
-    if [[ -n $nats_pid ]]; then
-        kill -TERM "$nats_pid"
-        wait "$nats_pid" || true
-    fi
+    if [[ -n $nats_pid ]]; then stop_pid "$nats_pid"; fi
     rm -rf "$work/nats" "$work/nats.log"
     "$nats" -c "$work/nats.conf" >"$work/nats.log" 2>&1 &
     nats_pid=$!
     pids+=("$nats_pid")
-    for _ in $(seq 50); do grep -q "Server is ready" "$work/nats.log" && break; sleep 0.2; done
+    for _ in $(seq 50); do grep -qs "Server is ready" "$work/nats.log" && return 0; sleep 0.2; done
+    echo "NATS did not start; see $work/nats.log" >&2
+    return 1
 }
 if [[ " $BACKENDS " == *" jetstream "* ]]; then
     nats=$ROOT/target/test-venv/bin/nats-server
@@ -160,8 +173,7 @@ EOF
 }
 
 stop_service() {
-    kill -TERM "$service"
-    wait "$service" || true
+    stop_pid "$service"
 }
 
 # Measures `backend` and writes one JSON line to `$work/$backend.result`:
@@ -234,7 +246,7 @@ import json, sys
 batch_ms = int(sys.argv[1])
 rows = [json.loads(r) for r in sys.argv[2:]]
 print()
-print("| backend | webhooks/s | bare handler/s (same run) | of bare | p99 ms | p99 ms at half rate | service CPU µs/webhook | bare CPU µs/request | lost | doubled |")
+print("| backend | webhooks/s | bare handler/s (same round) | of bare | p99 ms | p99 ms at half rate | service CPU µs/webhook | bare CPU µs/request | lost | doubled |")
 print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 for r in rows:
     print(f"| {r['backend']} | {r['rate']:,.0f} | {r['bareRate']:,.0f} | {r['ofBare']:.2f} | {r['p99Ms']} | "

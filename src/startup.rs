@@ -112,7 +112,9 @@ impl Application {
             .map_or(2, |n| n.get()))
             .map(|_| {
                 let arbiter = Arbiter::new().handle();
-                arbiter.spawn_fn(scheduling::hand_off_thread);
+                arbiter.spawn_fn(|| {
+                    scheduling::hand_off_thread();
+                });
                 arbiter
             })
             .collect();
