@@ -110,9 +110,10 @@ impl Application {
         // they do not preempt the HTTP workers (`scheduling`).
         let arbiters: Vec<ArbiterHandle> = (0..std::thread::available_parallelism()
             .map_or(2, |n| n.get()))
-            .map(|_| {
+            .map(|i| {
                 let arbiter = Arbiter::new().handle();
-                arbiter.spawn_fn(|| {
+                arbiter.spawn_fn(move || {
+                    scheduling::name_thread(&format!("org-arbiter-{i}"));
                     scheduling::hand_off_thread();
                 });
                 arbiter
