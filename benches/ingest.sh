@@ -14,6 +14,10 @@
 #      webhook (from /proc). The round of the median ratio is reported;
 #   2. the loadtest again, on a fresh service, paced at half that round's
 #      rate: p99 there.
+# The CPU per webhook is also given by thread, from /proc/<pid>/task: in the
+# service `actix-rt|system` is the HTTP workers (the org arbiters are
+# `org-arbiter-N`, the main thread `entitlements`), in the bare handler the
+# HTTP workers alone.
 # Every loadtest run checks every org against its model; a run with a lost
 # or doubled action fails the benchmark.
 #
@@ -224,6 +228,8 @@ print(json.dumps({
     "p99AtHalfMs": half["latencyMs"]["p99"],
     "cpuUsPerWebhook": full.get("serviceCpuUsPerWebhook"),
     "bareCpuUsPerRequest": full["baseline"].get("cpuUsPerRequest"),
+    "cpuUsByThread": full.get("serviceCpuUsPerWebhookByThread"),
+    "bareCpuUsByThread": full["baseline"].get("cpuUsPerRequestByThread"),
     "streamCeilingMsgsPerSec": ceiling and round(ceiling["messagesPerSec"]),
     "lost": full["allLost"] + half["lost"],
     "doubled": full["allDoubled"] + half["doubled"],
@@ -256,6 +262,11 @@ print(f"\np99 at half rate goal: under batch_max_ms + 10 = {batch_ms + 10} ms")
 for r in rows:
     rounds = ", ".join(f"{x['rate']:,.0f}/s ({x['ofBare']:.2f})" for x in r["rounds"])
     print(f"{r['backend']}: every round, lowest ratio first: {rounds}")
+def by_thread(cpu):
+    return ", ".join(f"{name} {us}" for name, us in sorted((cpu or {}).items(), key=lambda t: -t[1])) or "-"
+for r in rows:
+    print(f"{r['backend']}: CPU µs per webhook by thread (the round above): {by_thread(r.get('cpuUsByThread'))}; "
+          f"the bare handler's per request: {by_thread(r.get('bareCpuUsByThread'))}")
 for r in rows:
     if r.get("streamCeilingMsgsPerSec"):
         c = r["streamCeilingMsgsPerSec"]

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use testkit::procfs::process_cpu_secs;
+use testkit::procfs::{CpuSample, CpuSpent};
 use testkit::signing::sign_now;
 
 use crate::http::RawClient;
@@ -19,7 +19,7 @@ pub struct BaselineReport {
     pub secs: f64,
     pub latency: Histogram<u64>,
     /// The baseline server's CPU time over its run (`--baseline-pid`).
-    pub cpu_secs: Option<f64>,
+    pub cpu: Option<CpuSpent>,
 }
 
 /// `total` of the load's own signed webhooks (`bodies`, in turn) to the bare
@@ -33,7 +33,7 @@ pub async fn run_baseline(
     let latency = Arc::new(Mutex::new(new_histogram()));
     let name = "bare handler (baseline)";
     let target = Arc::new((bare, bodies));
-    let cpu_before = ctx.args.baseline_pid.and_then(process_cpu_secs);
+    let cpu_before = ctx.args.baseline_pid.and_then(CpuSample::take);
     let started = Instant::now();
     let send = {
         let (ctx, latency) = (ctx.clone(), latency.clone());
@@ -65,15 +65,15 @@ pub async fn run_baseline(
     };
     let _ = run_jobs(ctx.args.concurrency, total, send).await;
     let secs = started.elapsed().as_secs_f64();
-    let cpu_secs = cpu_before
-        .zip(ctx.args.baseline_pid.and_then(process_cpu_secs))
-        .map(|(before, after)| after - before);
+    let cpu = cpu_before
+        .zip(ctx.args.baseline_pid.and_then(CpuSample::take))
+        .map(|(before, after)| after.since(&before));
     let latency = latency.lock().unwrap().clone();
     BaselineReport {
         name,
         requests: latency.len(),
         secs,
         latency,
-        cpu_secs,
+        cpu,
     }
 }

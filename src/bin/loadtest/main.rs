@@ -28,7 +28,7 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
-use testkit::procfs::process_cpu_secs;
+use testkit::procfs::CpuSample;
 use testkit::token::token;
 use testkit::unix_now;
 use tokio::sync::{watch, Semaphore};
@@ -362,7 +362,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     if args.rate > 0.0 {
         let _ = ctx.pace.set(Pace::new(args.rate));
     }
-    let service_cpu_before = args.service_pid.and_then(process_cpu_secs);
+    let service_cpu_before = args.service_pid.and_then(CpuSample::take);
     let started = Instant::now();
     let load = {
         let (ctx, chains) = (ctx.clone(), chains.clone());
@@ -375,9 +375,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         .await
         .context("a load worker panicked")?;
     let load_secs = started.elapsed().as_secs_f64();
-    let service_cpu_secs = service_cpu_before
-        .zip(args.service_pid.and_then(process_cpu_secs))
-        .map(|(before, after)| after - before);
+    let service_cpu = service_cpu_before
+        .zip(args.service_pid.and_then(CpuSample::take))
+        .map(|(before, after)| after.since(&before));
     if let Some(t) = ticker {
         t.abort();
     }
@@ -424,7 +424,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         pi: pi_report,
         stream: stream_report,
         baseline,
-        service_cpu_secs,
+        service_cpu,
     };
     Ok(report.print())
 }

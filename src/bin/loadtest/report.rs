@@ -4,6 +4,7 @@ use std::sync::atomic::Ordering;
 
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
+use testkit::procfs::CpuSpent;
 
 use crate::baseline::BaselineReport;
 use crate::payment_intents::PiReport;
@@ -25,7 +26,7 @@ pub struct Report<'a> {
     pub stream: Option<StreamReport>,
     pub baseline: Option<BaselineReport>,
     /// The service's CPU time over the load phase (`--service-pid`).
-    pub service_cpu_secs: Option<f64>,
+    pub service_cpu: Option<CpuSpent>,
 }
 
 pub fn ms(us: u64) -> f64 {
@@ -219,8 +220,9 @@ impl Report<'_> {
             "violations": v.total(),
             "ok": ok,
         });
-        if let Some(cpu) = self.service_cpu_secs {
-            out["serviceCpuUsPerWebhook"] = json!(tenths(cpu * 1e6 / acked.max(1) as f64));
+        if let Some(cpu) = &self.service_cpu {
+            out["serviceCpuUsPerWebhook"] = json!(per_item_us(cpu.total_secs, acked));
+            out["serviceCpuUsPerWebhookByThread"] = cpu_by_thread_json(cpu, acked);
         }
         if let Some(b) = &self.baseline {
             out["baseline"] = json!({
@@ -228,7 +230,8 @@ impl Report<'_> {
                 "requests": b.requests,
                 "rate": (b.requests as f64 / b.secs).round(),
                 "latencyMs": latency_json(&b.latency),
-                "cpuUsPerRequest": b.cpu_secs.map(|c| tenths(c * 1e6 / b.requests.max(1) as f64)),
+                "cpuUsPerRequest": b.cpu.as_ref().map(|c| per_item_us(c.total_secs, b.requests)),
+                "cpuUsPerRequestByThread": b.cpu.as_ref().map(|c| cpu_by_thread_json(c, b.requests)),
             });
             out["ratio"] = json!(ratio.map(|r| (r * 1000.0).round() / 1000.0));
         }
@@ -259,4 +262,21 @@ impl Report<'_> {
 /// CPU figures to a tenth of a µs: whole µs hid changes of a few percent.
 fn tenths(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
+}
+
+/// CPU µs per item (webhook or request), to a tenth.
+fn per_item_us(cpu_secs: f64, items: u64) -> f64 {
+    tenths(cpu_secs * 1e6 / items.max(1) as f64)
+}
+
+/// CPU µs per item by thread name, for the threads that spent any: where
+/// in the process a webhook's cost goes (the HTTP workers, the org arbiters,
+/// the SQLite writer...).
+fn cpu_by_thread_json(cpu: &CpuSpent, items: u64) -> Value {
+    cpu.by_thread_secs
+        .iter()
+        .map(|(name, secs)| (name.clone(), json!(per_item_us(*secs, items))))
+        .filter(|(_, us)| us.as_f64() > Some(0.0))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }
