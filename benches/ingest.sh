@@ -262,11 +262,16 @@ print(f"\np99 at half rate goal: under batch_max_ms + 10 = {batch_ms + 10} ms")
 for r in rows:
     rounds = ", ".join(f"{x['rate']:,.0f}/s ({x['ofBare']:.2f})" for x in r["rounds"])
     print(f"{r['backend']}: every round, lowest ratio first: {rounds}")
-def by_thread(cpu):
-    return ", ".join(f"{name} {us}" for name, us in sorted((cpu or {}).items(), key=lambda t: -t[1])) or "-"
+def by_thread(cpu, total):
+    parts = [f"{name} {us}" for name, us in sorted((cpu or {}).items(), key=lambda t: -t[1])]
+    # Threads that ended before the run's end are in the total alone.
+    if cpu and total is not None:
+        parts.append(f"rest (threads that ended, rounding) {total - sum(cpu.values()):.1f}")
+    return ", ".join(parts) or "-"
 for r in rows:
-    print(f"{r['backend']}: CPU µs per webhook by thread (the round above): {by_thread(r.get('cpuUsByThread'))}; "
-          f"the bare handler's per request: {by_thread(r.get('bareCpuUsByThread'))}")
+    print(f"{r['backend']}: CPU µs per webhook by thread (the round above): "
+          f"{by_thread(r.get('cpuUsByThread'), r['cpuUsPerWebhook'])}; the bare handler's per request: "
+          f"{by_thread(r.get('bareCpuUsByThread'), r['bareCpuUsPerRequest'])}")
 for r in rows:
     if r.get("streamCeilingMsgsPerSec"):
         c = r["streamCeilingMsgsPerSec"]

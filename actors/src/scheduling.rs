@@ -49,10 +49,19 @@ pub fn hand_off_thread() -> bool {
 /// actix calls every arbiter `actix-rt|system`: without a name of their
 /// own, the org arbiters could not be told from the HTTP workers.
 pub fn name_thread(name: &str) {
+    #[cfg(not(target_os = "linux"))]
+    let _ = name;
     #[cfg(target_os = "linux")]
     {
-        let name: Vec<u8> = name.bytes().filter(|b| *b != 0).take(15).collect();
-        let name = std::ffi::CString::new(name).expect("NUL bytes were filtered out");
+        // Cut at a character, so that the name stays UTF-8.
+        let mut kept = String::new();
+        for c in name.chars().filter(|c| *c != '\0') {
+            if kept.len() + c.len_utf8() > 15 {
+                break;
+            }
+            kept.push(c);
+        }
+        let name = std::ffi::CString::new(kept).expect("NUL characters were filtered out");
         // SAFETY: `pthread_self()` is the calling thread, alive during the
         // call, and `name` is a NUL-terminated string of at most 16 bytes
         // that outlives the call, which copies it.
@@ -123,5 +132,13 @@ mod tests {
         .join()
         .unwrap();
         assert_eq!(name, "org-arbiter-123");
+        // Cut before a character that would not fit whole.
+        let name = std::thread::spawn(|| {
+            name_thread("org-arbiter-\u{e9}\u{e9}");
+            own_name()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(name, "org-arbiter-\u{e9}");
     }
 }

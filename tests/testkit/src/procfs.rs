@@ -6,8 +6,9 @@ use std::collections::{BTreeMap, HashMap};
 /// A process's CPU time so far, whole and per thread.
 pub struct CpuSample {
     total_secs: f64,
-    /// Per thread id: its name (`comm`) and CPU seconds.
-    threads: HashMap<u32, (String, f64)>,
+    /// Per thread (its id and start time, as ids are reused): its name
+    /// (`comm`) and CPU seconds.
+    threads: HashMap<(u32, u64), (String, f64)>,
 }
 
 /// CPU seconds spent between two samples of one process.
@@ -33,9 +34,14 @@ impl CpuSample {
             else {
                 continue;
             };
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"));
-            if let Some(thread) = stat.ok().as_deref().and_then(stat_cpu) {
-                threads.insert(tid, thread);
+            let stat = read_stat(&format!("/proc/{pid}/task/{tid}/stat"));
+            if let Some(Stat {
+                name,
+                cpu_secs,
+                start_ticks,
+            }) = stat.as_deref().and_then(parse_stat)
+            {
+                threads.insert((tid, start_ticks), (name, cpu_secs));
             }
         }
         Some(Self {
@@ -48,8 +54,8 @@ impl CpuSample {
     /// counts from zero.
     pub fn since(&self, earlier: &CpuSample) -> CpuSpent {
         let mut by_thread_secs = BTreeMap::new();
-        for (tid, (name, secs)) in &self.threads {
-            let before = earlier.threads.get(tid).map_or(0.0, |(_, secs)| *secs);
+        for (thread, (name, secs)) in &self.threads {
+            let before = earlier.threads.get(thread).map_or(0.0, |(_, secs)| *secs);
             *by_thread_secs.entry(thread_group(name)).or_insert(0.0) += secs - before;
         }
         CpuSpent {
@@ -62,27 +68,46 @@ impl CpuSample {
 /// User plus system CPU seconds a process has used so far; `None` when its
 /// /proc entry cannot be read (it exited, or this is not Linux).
 pub fn process_cpu_secs(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    Some(stat_cpu(&stat)?.1)
+    Some(parse_stat(&read_stat(&format!("/proc/{pid}/stat"))?)?.cpu_secs)
 }
 
 /// A thread's name without its number: `org-arbiter-1` is `org-arbiter`.
 fn thread_group(name: &str) -> String {
-    name.trim_end_matches(|c: char| c.is_ascii_digit())
-        .trim_end_matches(['-', ' ', ':', '#'])
-        .to_owned()
+    let unnumbered = name.trim_end_matches(|c: char| c.is_ascii_digit());
+    if unnumbered.len() == name.len() || unnumbered.is_empty() {
+        return name.to_owned();
+    }
+    unnumbered.trim_end_matches(['-', ' ', ':', '#']).to_owned()
 }
 
-/// The name and user plus system CPU seconds in a `stat` file of /proc
-/// (a process's or a thread's).
-fn stat_cpu(stat: &str) -> Option<(String, f64)> {
+/// What a `stat` file of /proc (a process's or a thread's) says.
+#[derive(Debug, PartialEq)]
+struct Stat {
+    name: String,
+    /// User plus system.
+    cpu_secs: f64,
+    /// When it started, in ticks since boot: with the id, names a thread.
+    start_ticks: u64,
+}
+
+/// A `stat` file; a name that is not UTF-8 is read lossily, not dropped.
+fn read_stat(path: &str) -> Option<String> {
+    Some(String::from_utf8_lossy(&std::fs::read(path).ok()?).into_owned())
+}
+
+fn parse_stat(stat: &str) -> Option<Stat> {
     // The name is in parentheses and may hold spaces and parentheses.
     let (head, rest) = stat.rsplit_once(')')?;
     let name = head.split_once('(')?.1.to_owned();
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
-    // utime and stime are fields 14 and 15 of proc_pid_stat(5); 0 here is field 3.
-    Some((name, (ticks(11)? + ticks(12)?) / clock_ticks_per_sec()))
+    let field = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    // utime, stime and starttime are fields 14, 15 and 22 of
+    // proc_pid_stat(5); 0 here is field 3.
+    Some(Stat {
+        name,
+        cpu_secs: (field(11)? + field(12)?) as f64 / clock_ticks_per_sec(),
+        start_ticks: field(19)?,
+    })
 }
 
 /// The unit of /proc's CPU times (USER_HZ).
@@ -98,11 +123,16 @@ mod tests {
     #[test]
     fn a_stat_line_gives_its_name_and_cpu_whatever_the_name_holds() {
         let hz = clock_ticks_per_sec();
-        let stat = "4242 (actix-rt|sys) tem) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 5";
-        let (name, secs) = stat_cpu(stat).expect("parsed");
-        assert_eq!(name, "actix-rt|sys) tem");
-        assert_eq!(secs, 300.0 / hz);
-        assert_eq!(stat_cpu("4242 (cut"), None);
+        let stat = "4242 (actix-rt|sys) tem) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 5 0 987654 1 2";
+        assert_eq!(
+            parse_stat(stat),
+            Some(Stat {
+                name: "actix-rt|sys) tem".into(),
+                cpu_secs: 300.0 / hz,
+                start_ticks: 987654,
+            })
+        );
+        assert_eq!(parse_stat("4242 (cut"), None);
     }
 
     #[test]
@@ -111,6 +141,8 @@ mod tests {
         assert_eq!(thread_group("org-arbiter-12"), "org-arbiter");
         assert_eq!(thread_group("actix-rt|system"), "actix-rt|system");
         assert_eq!(thread_group("sqlite-writer"), "sqlite-writer");
+        assert_eq!(thread_group("worker-"), "worker-");
+        assert_eq!(thread_group("42"), "42");
     }
 
     /// CPU seconds the calling thread has used.
