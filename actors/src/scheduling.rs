@@ -114,31 +114,25 @@ mod tests {
         assert_eq!(policy(), before, "the thread that spawned it keeps its own");
     }
 
-    fn own_name() -> String {
-        // SAFETY: gettid has no preconditions.
-        let tid = unsafe { libc::gettid() };
-        std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
-            .expect("read the thread's comm")
-            .trim_end()
-            .to_owned()
+    /// The name a fresh thread ends up with after `name_thread(name)`.
+    fn name_taken(name: &'static str) -> String {
+        std::thread::spawn(move || {
+            name_thread(name);
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::gettid() };
+            std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
+                .expect("read the thread's comm")
+                .trim_end()
+                .to_owned()
+        })
+        .join()
+        .unwrap()
     }
 
     #[test]
     fn a_thread_takes_its_name_cut_to_what_the_kernel_keeps() {
-        let name = std::thread::spawn(|| {
-            name_thread("org-arbiter-12345");
-            own_name()
-        })
-        .join()
-        .unwrap();
-        assert_eq!(name, "org-arbiter-123");
+        assert_eq!(name_taken("org-arbiter-12345"), "org-arbiter-123");
         // Cut before a character that would not fit whole.
-        let name = std::thread::spawn(|| {
-            name_thread("org-arbiter-\u{e9}\u{e9}");
-            own_name()
-        })
-        .join()
-        .unwrap();
-        assert_eq!(name, "org-arbiter-\u{e9}");
+        assert_eq!(name_taken("org-arbiter-\u{e9}\u{e9}"), "org-arbiter-\u{e9}");
     }
 }
