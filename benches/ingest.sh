@@ -14,6 +14,11 @@
 #      webhook (from /proc). The round of the median ratio is reported;
 #   2. the loadtest again, on a fresh service, paced at half that round's
 #      rate: p99 there.
+# For embedded, each round also sends the same webhooks to the durable
+# floor (the bare handler with `--durable-store`: each event recorded
+# through the service's own PersistenceActor and SQLite store before its
+# 200, with no org actor, ledger or deduplication), on a fresh file: what a
+# durable write alone leaves of the bare handler's rate on this machine.
 # The CPU per webhook is also given by thread, from /proc/<pid>/task: in the
 # service `actix-rt|system` is the HTTP workers (the org arbiters are
 # `org-arbiter-N`, the main thread `entitlements`), in the bare handler the
@@ -180,6 +185,24 @@ stop_service() {
     stop_pid "$service"
 }
 
+# Starts the durable floor (the bare handler with `--durable-store`: each
+# event also recorded durably, through the service's own PersistenceActor
+# and SQLite store, with no org logic) on a fresh file, and waits until it
+# answers. Sets `floor_pid` and `floor_port`.
+start_floor() {
+    floor_port=$(free_port)
+    "$BIN/bare_webhook" --bind "127.0.0.1:$floor_port" --webhook-secret "$SECRET" \
+        --durable-store "$work/floor_$1.db" >"$work/floor_$1.log" 2>&1 &
+    floor_pid=$!
+    pids+=("$floor_pid")
+    for _ in $(seq 150); do
+        curl -s -o /dev/null --max-time 1 -X POST "http://127.0.0.1:$floor_port/webhooks/stripe" && return 0
+        sleep 0.2
+    done
+    echo "the durable floor did not start; see $work/floor_$1.log" >&2
+    return 1
+}
+
 # Measures `backend` and writes one JSON line to `$work/$backend.result`:
 # ROUNDS full-speed runs, each on a fresh service and each followed at once
 # by the bare handler, of which the round with the median ratio is reported
@@ -191,17 +214,28 @@ measure() {
     local load=(--webhook-secret "$SECRET" --jwt-secret "$JWT"
         --orgs "$ORGS" --payments "$PAYMENTS" --concurrency "$CONCURRENCY" --json-only)
     for round in $(seq "$ROUNDS"); do
+        local floor=()
+        if [[ $backend == embedded ]]; then
+            start_floor "$round"
+            floor=(--floor-url "http://127.0.0.1:$floor_port" --floor-pid "$floor_pid")
+        fi
         start_service "$backend"
         "$BIN/loadtest" --base-url "http://127.0.0.1:$port" "${load[@]}" --seed 1 --service-pid "$service" \
-            --bare-url "http://127.0.0.1:$bare_port" --baseline-pid "$bare_pid" >"$work/$backend.full.$round.json"
+            --bare-url "http://127.0.0.1:$bare_port" --baseline-pid "$bare_pid" "${floor[@]}" \
+            >"$work/$backend.full.$round.json"
         stop_service
+        if [[ $backend == embedded ]]; then stop_pid "$floor_pid"; fi
         say "$backend, round $round: $(python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); print("{:,.0f}/s, {:.3f} of the bare handler".format(d["requestRate"], d["ratio"]))' "$work/$backend.full.$round.json")"
     done
     full=$(python3 - "$work/$backend".full.*.json <<'EOF'
 import json, sys
 runs = sorted((json.load(open(f)) for f in sys.argv[1:]), key=lambda r: r["ratio"])
 median = runs[len(runs) // 2]
-median["allRounds"] = [{"rate": r["requestRate"], "ofBare": r["ratio"]} for r in runs]
+median["allRounds"] = [
+    {"rate": r["requestRate"], "ofBare": r["ratio"]}
+    | ({"floorOfBare": round(r["floor"]["rate"] / r["baseline"]["rate"], 3)} if "floor" in r else {})
+    for r in runs
+]
 median["allLost"] = sum(r["lost"] for r in runs)
 median["allDoubled"] = sum(r["doubled"] for r in runs)
 median["allOk"] = all(r["ok"] for r in runs)
@@ -231,6 +265,9 @@ print(json.dumps({
     "cpuUsByThread": full.get("serviceCpuUsPerWebhookByThread"),
     "bareCpuUsByThread": full["baseline"].get("cpuUsPerRequestByThread"),
     "streamCeilingMsgsPerSec": ceiling and round(ceiling["messagesPerSec"]),
+    "floorRate": full.get("floor", {}).get("rate"),
+    "floorCpuUsPerRequest": full.get("floor", {}).get("cpuUsPerRequest"),
+    "floorCpuUsByThread": full.get("floor", {}).get("cpuUsPerRequestByThread"),
     "lost": full["allLost"] + half["lost"],
     "doubled": full["allDoubled"] + half["doubled"],
     "ok": full["allOk"] and half["ok"],
@@ -272,6 +309,14 @@ for r in rows:
     print(f"{r['backend']}: CPU µs per webhook by thread (the round above): "
           f"{by_thread(r.get('cpuUsByThread'), r['cpuUsPerWebhook'])}; the bare handler's per request: "
           f"{by_thread(r.get('bareCpuUsByThread'), r['bareCpuUsPerRequest'])}")
+for r in rows:
+    if r.get("floorRate"):
+        f = r["floorRate"]
+        floors = ", ".join(f"{x['floorOfBare']:.2f}" for x in r["rounds"])
+        print(f"{r['backend']}: durable floor (the bare handler recording each event through the same "
+              f"PersistenceActor and SQLite store, no org logic), same round: {f:,.0f}/s = {f / r['bareRate']:.3f} "
+              f"of the bare handler (every round: {floors}); the service reaches {r['rate'] / f:.2f} of it. "
+              f"CPU µs per request by thread: {by_thread(r.get('floorCpuUsByThread'), r['floorCpuUsPerRequest'])}")
 for r in rows:
     if r.get("streamCeilingMsgsPerSec"):
         c = r["streamCeilingMsgsPerSec"]

@@ -1,5 +1,6 @@
-//! The baseline: as many requests as the load sent, with its client and
-//! concurrency, to the bare webhook handler (`src/bin/bare_webhook.rs`).
+//! The baselines: as many requests as the load sent, with its client and
+//! concurrency, to the bare webhook handler (`src/bin/bare_webhook.rs`), and
+//! to the same handler as the durable floor (`--durable-store`).
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -22,18 +23,20 @@ pub struct BaselineReport {
     pub cpu: Option<CpuSpent>,
 }
 
-/// `total` of the load's own signed webhooks (`bodies`, in turn) to the bare
-/// handler behind `bare`, with the load's client and concurrency.
+/// `total` of the load's own signed webhooks (`bodies`, in turn) to the
+/// handler behind `bare` (its process `pid`), with the load's client and
+/// concurrency.
 pub async fn run_baseline(
     ctx: &Arc<Ctx>,
+    name: &'static str,
+    pid: Option<u32>,
     total: usize,
     bare: RawClient,
-    bodies: Vec<Bytes>,
+    bodies: Arc<[Bytes]>,
 ) -> BaselineReport {
     let latency = Arc::new(Mutex::new(new_histogram()));
-    let name = "bare handler (baseline)";
     let target = Arc::new((bare, bodies));
-    let cpu_before = ctx.args.baseline_pid.and_then(CpuSample::take);
+    let cpu_before = pid.and_then(CpuSample::take);
     let started = Instant::now();
     let send = {
         let (ctx, latency) = (ctx.clone(), latency.clone());
@@ -66,7 +69,7 @@ pub async fn run_baseline(
     let _ = run_jobs(ctx.args.concurrency, total, send).await;
     let secs = started.elapsed().as_secs_f64();
     let cpu = cpu_before
-        .zip(ctx.args.baseline_pid.and_then(CpuSample::take))
+        .zip(pid.and_then(CpuSample::take))
         .map(|(before, after)| after.since(&before));
     let latency = latency.lock().unwrap().clone();
     BaselineReport {

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
+use bytes::Bytes;
 use clap::Parser;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -131,6 +132,14 @@ struct Args {
     /// The baseline server's pid, for its CPU per request likewise.
     #[arg(long, requires = "bare_url")]
     baseline_pid: Option<u32>,
+    /// After the bare handler, the same webhooks to this URL: the bare
+    /// handler as the durable floor (`bare_webhook --durable-store`), which
+    /// also records a row per event durably before its 200.
+    #[arg(long, requires = "bare_url")]
+    floor_url: Option<String>,
+    /// The durable floor's pid, for its CPU per request.
+    #[arg(long, requires = "floor_url")]
+    floor_pid: Option<u32>,
     /// Print only the final JSON line on stdout.
     #[arg(long)]
     json_only: bool,
@@ -396,20 +405,29 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         .collect();
     let stream_report = finish_streams(&ctx, subscribers, &stream_targets, stop_tx).await;
 
-    // Baseline: as many requests, same client and concurrency.
-    let requests = ctx.requests.load(Ordering::SeqCst);
-    let baseline = match &args.bare_url {
-        Some(url) => {
-            let bare = RawClient::new(url.trim_end_matches('/'), timeout).await?;
-            let bodies = chains
-                .iter()
-                .flat_map(|c| &c.steps)
-                .map(|s| s.event.body.clone())
-                .collect();
-            Some(run_baseline(&ctx, requests as usize, bare, bodies).await)
-        }
-        None => None,
-    };
+    // Baselines: as many requests, same client and concurrency.
+    let requests = ctx.requests.load(Ordering::SeqCst) as usize;
+    let bodies: Arc<[Bytes]> = chains
+        .iter()
+        .flat_map(|c| &c.steps)
+        .map(|s| s.event.body.clone())
+        .collect();
+    let mut baselines = Vec::new();
+    for (name, url, pid) in [
+        ("bare handler (baseline)", &args.bare_url, args.baseline_pid),
+        ("durable floor", &args.floor_url, args.floor_pid),
+    ] {
+        baselines.push(match url {
+            Some(url) => {
+                let target = RawClient::new(url.trim_end_matches('/'), timeout).await?;
+                let run = run_baseline(&ctx, name, pid, requests, target, bodies.clone());
+                Some(run.await)
+            }
+            None => None,
+        });
+    }
+    let mut baselines = baselines.into_iter();
+    let (baseline, floor) = (baselines.next().flatten(), baselines.next().flatten());
 
     let report = Report {
         prefix: &prefix,
@@ -424,6 +442,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         pi: pi_report,
         stream: stream_report,
         baseline,
+        floor,
         service_cpu,
     };
     Ok(report.print())

@@ -25,6 +25,8 @@ pub struct Report<'a> {
     pub pi: Option<PiReport>,
     pub stream: Option<StreamReport>,
     pub baseline: Option<BaselineReport>,
+    /// The durable floor (`--floor-url`), run after the baseline.
+    pub floor: Option<BaselineReport>,
     /// The service's CPU time over the load phase (`--service-pid`).
     pub service_cpu: Option<CpuSpent>,
 }
@@ -114,7 +116,7 @@ impl Report<'_> {
                 "{}",
                 row("webhooks", requests, Some(request_rate), &latency)
             );
-            if let Some(b) = &self.baseline {
+            for b in self.baseline.iter().chain(&self.floor) {
                 println!(
                     "{}",
                     row(
@@ -155,6 +157,14 @@ impl Report<'_> {
                     "ratio: webhooks {request_rate:.0} req/s / {} {:.0} req/s = {r:.3}",
                     self.baseline.as_ref().map_or("", |b| b.name),
                     baseline_rate.unwrap_or(0.0)
+                );
+            }
+            if let (Some(f), Some(bare_rate)) = (&self.floor, baseline_rate) {
+                let floor_rate = f.requests as f64 / f.secs;
+                println!(
+                    "durable floor: {floor_rate:.0} req/s = {:.3} of the bare handler; webhooks = {:.3} of the floor",
+                    floor_rate / bare_rate,
+                    request_rate / floor_rate
                 );
             }
             println!(
@@ -225,15 +235,11 @@ impl Report<'_> {
             out["serviceCpuUsPerWebhookByThread"] = cpu_by_thread_json(cpu, acked);
         }
         if let Some(b) = &self.baseline {
-            out["baseline"] = json!({
-                "name": b.name,
-                "requests": b.requests,
-                "rate": (b.requests as f64 / b.secs).round(),
-                "latencyMs": latency_json(&b.latency),
-                "cpuUsPerRequest": b.cpu.as_ref().map(|c| per_item_us(c.total_secs, b.requests)),
-                "cpuUsPerRequestByThread": b.cpu.as_ref().map(|c| cpu_by_thread_json(c, b.requests)),
-            });
+            out["baseline"] = baseline_json(b);
             out["ratio"] = json!(ratio.map(|r| (r * 1000.0).round() / 1000.0));
+        }
+        if let Some(f) = &self.floor {
+            out["floor"] = baseline_json(f);
         }
         if let Some(p) = &self.pi {
             out["paymentIntents"] = json!({
@@ -279,4 +285,15 @@ fn cpu_by_thread_json(cpu: &CpuSpent, items: u64) -> Value {
         .filter(|(_, us)| us.as_f64() > Some(0.0))
         .collect::<serde_json::Map<_, _>>()
         .into()
+}
+
+fn baseline_json(b: &BaselineReport) -> Value {
+    json!({
+        "name": b.name,
+        "requests": b.requests,
+        "rate": (b.requests as f64 / b.secs).round(),
+        "latencyMs": latency_json(&b.latency),
+        "cpuUsPerRequest": b.cpu.as_ref().map(|c| per_item_us(c.total_secs, b.requests)),
+        "cpuUsPerRequestByThread": b.cpu.as_ref().map(|c| cpu_by_thread_json(c, b.requests)),
+    })
 }
