@@ -16,8 +16,8 @@
 //! page's number does not count. Any doubt (a page still there, a page
 //! fetched at that number) passes the call through, as without the wrapper.
 
+use std::cell::Cell;
 use std::ffi::{c_int, c_uint, c_void};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Once, OnceLock};
 
 use rusqlite::ffi;
@@ -35,13 +35,17 @@ unsafe impl Sync for DefaultCache {}
 
 static DEFAULT: OnceLock<DefaultCache> = OnceLock::new();
 
-/// Truncations skipped that would have walked the default cache's table:
-/// what the wrapper is for, counted so that a test sees it still happens.
-static SCANS_SAVED: AtomicU64 = AtomicU64::new(0);
+thread_local! {
+    /// Truncations skipped on this thread's connections that would have
+    /// walked the default cache's table: what the wrapper is for, counted
+    /// so that a test sees it still happens. Per thread, so that a test
+    /// counts its own connection's alone.
+    static SCANS_SAVED: Cell<u64> = const { Cell::new(0) };
+}
 
 #[cfg(test)]
 pub(super) fn scans_saved() -> u64 {
-    SCANS_SAVED.load(Ordering::Relaxed)
+    SCANS_SAVED.get()
 }
 
 /// Puts the wrapper in place, once per process, before SQLite is first
@@ -53,8 +57,11 @@ pub(super) fn install() {
     INSTALL.call_once(|| {
         let mut default = std::mem::MaybeUninit::<ffi::sqlite3_pcache_methods2>::zeroed();
         // SAFETY: GETPCACHE2 writes the current methods into the struct it
-        // is given; both calls are made before any connection opens (the
-        // `Once` holds every opener of this store back until done).
+        // is given. `sqlite3_config` must not run beside any other SQLite
+        // call in the process: the `Once` holds back every opener of this
+        // store (all go through `open`), and nothing else in the process
+        // uses SQLite before this store does; if something had started
+        // SQLite already, both calls answer SQLITE_MISUSE and change nothing.
         let read =
             unsafe { ffi::sqlite3_config(ffi::SQLITE_CONFIG_GETPCACHE2, default.as_mut_ptr()) };
         if read != ffi::SQLITE_OK {
@@ -154,7 +161,7 @@ impl Bound {
     fn truncate(&mut self, limit: u32) -> bool {
         if self.passing_through == 0 && self.max_key < limit {
             if limit <= self.default_max_key {
-                SCANS_SAVED.fetch_add(1, Ordering::Relaxed);
+                SCANS_SAVED.set(SCANS_SAVED.get() + 1);
             }
             return false;
         }
