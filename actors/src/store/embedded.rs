@@ -19,9 +19,9 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::{PaymentIntentOwner, StoreError};
+use crate::model::{Action, ActionKind, ActionStatus};
 
 mod page_cache;
-use crate::model::{Action, ActionKind, ActionStatus};
 
 const COLUMNS: &str = "id, org_id, seq, kind, status, sku, external_id, event_id, amount, currency, created_at_ms, simulated";
 
