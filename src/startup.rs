@@ -5,7 +5,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Actor, Addr, Arbiter, ArbiterHandle, AsyncContext};
+use actix::{Actor, Addr, ArbiterHandle, AsyncContext};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
 use actors::ask::Bounded;
@@ -110,14 +110,7 @@ impl Application {
         // they do not preempt the HTTP workers (`scheduling`).
         let arbiters: Vec<ArbiterHandle> = (0..std::thread::available_parallelism()
             .map_or(2, |n| n.get()))
-            .map(|i| {
-                let arbiter = Arbiter::new().handle();
-                arbiter.spawn_fn(move || {
-                    scheduling::name_thread(&format!("org-arbiter-{i}"));
-                    scheduling::hand_off_thread();
-                });
-                arbiter
-            })
+            .map(|i| scheduling::hand_off_arbiter(format!("org-arbiter-{i}")))
             .collect();
         let persistence = {
             let (store, metrics) = (store.clone(), metrics.clone());

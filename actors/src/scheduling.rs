@@ -44,6 +44,18 @@ pub fn hand_off_thread() -> bool {
     false
 }
 
+/// A new arbiter (a thread with its own event loop) named `name` and
+/// marked as a hand-off thread, before any actor starts on it: the org
+/// threads, and the durable floor's PersistenceActor in the benchmark.
+pub fn hand_off_arbiter(name: String) -> actix::ArbiterHandle {
+    let arbiter = actix::Arbiter::new().handle();
+    arbiter.spawn_fn(move || {
+        name_thread(&name);
+        hand_off_thread();
+    });
+    arbiter
+}
+
 /// Names the calling thread as `/proc/<pid>/task/*/comm`, `top -H` and
 /// the benchmark's CPU per thread show it (at most 15 bytes are kept).
 /// actix calls every arbiter `actix-rt|system`: without a name of their
@@ -114,19 +126,34 @@ mod tests {
         assert_eq!(policy(), before, "the thread that spawned it keeps its own");
     }
 
+    /// The calling thread's name, as /proc shows it.
+    fn own_name() -> String {
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
+            .expect("read the thread's comm")
+            .trim_end()
+            .to_owned()
+    }
+
     /// The name a fresh thread ends up with after `name_thread(name)`.
     fn name_taken(name: &'static str) -> String {
         std::thread::spawn(move || {
             name_thread(name);
-            // SAFETY: gettid has no preconditions.
-            let tid = unsafe { libc::gettid() };
-            std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
-                .expect("read the thread's comm")
-                .trim_end()
-                .to_owned()
+            own_name()
         })
         .join()
         .unwrap()
+    }
+
+    #[actix::test]
+    async fn a_hand_off_arbiter_is_named_before_its_first_task() {
+        let arbiter = hand_off_arbiter("probe-arbiter".into());
+        let (tx, rx) = std::sync::mpsc::channel();
+        arbiter.spawn_fn(move || tx.send(own_name()).unwrap());
+        let name = rx.recv().expect("the arbiter ran the task");
+        arbiter.stop();
+        assert_eq!(name, "probe-arbiter");
     }
 
     #[test]

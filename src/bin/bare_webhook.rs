@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use actix::{Actor, Arbiter, Recipient};
+use actix::{Actor, Recipient};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use actors::metrics::Metrics;
 use actors::model::{now_ms, unix_now, Action, ActionKind, ActionStatus, OrgActorId};
@@ -155,12 +155,8 @@ async fn main() -> std::io::Result<()> {
                 write_timeout: Duration::from_secs(3),
                 max_pending: 8000,
             };
-            let arbiter = Arbiter::new().handle();
             // Handed work as the service's org threads are (`scheduling`).
-            arbiter.spawn_fn(|| {
-                actors::scheduling::name_thread("persistence");
-                actors::scheduling::hand_off_thread();
-            });
+            let arbiter = actors::scheduling::hand_off_arbiter("persistence".into());
             let actor = PersistenceActor::start_in_arbiter(&arbiter, move |_| {
                 PersistenceActor::new(store, settings, Metrics::new())
             });
