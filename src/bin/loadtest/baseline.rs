@@ -3,7 +3,7 @@
 //! to the same handler as the durable floor (`--durable-store`).
 
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
@@ -24,16 +24,21 @@ pub struct BaselineReport {
 }
 
 /// `total` of the load's own signed webhooks (`bodies`, in turn) to the
-/// handler behind `bare` (its process `pid`), with the load's client and
-/// concurrency.
+/// handler at `url` (its process `pid`), with the load's client and
+/// concurrency; `None` without a `url`.
 pub async fn run_baseline(
     ctx: &Arc<Ctx>,
     name: &'static str,
+    url: Option<&str>,
     pid: Option<u32>,
     total: usize,
-    bare: RawClient,
     bodies: Arc<[Bytes]>,
-) -> BaselineReport {
+) -> anyhow::Result<Option<BaselineReport>> {
+    let Some(url) = url else {
+        return Ok(None);
+    };
+    let timeout = Duration::from_secs(ctx.args.timeout_secs);
+    let bare = RawClient::new(url.trim_end_matches('/'), timeout).await?;
     let latency = Arc::new(Mutex::new(new_histogram()));
     let target = Arc::new((bare, bodies));
     let cpu_before = pid.and_then(CpuSample::take);
@@ -72,11 +77,11 @@ pub async fn run_baseline(
         .zip(pid.and_then(CpuSample::take))
         .map(|(before, after)| after.since(&before));
     let latency = latency.lock().unwrap().clone();
-    BaselineReport {
+    Ok(Some(BaselineReport {
         name,
         requests: latency.len(),
         secs,
         latency,
         cpu,
-    }
+    }))
 }

@@ -412,22 +412,24 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         .flat_map(|c| &c.steps)
         .map(|s| s.event.body.clone())
         .collect();
-    let mut baselines = Vec::new();
-    for (name, url, pid) in [
-        ("bare handler (baseline)", &args.bare_url, args.baseline_pid),
-        ("durable floor", &args.floor_url, args.floor_pid),
-    ] {
-        baselines.push(match url {
-            Some(url) => {
-                let target = RawClient::new(url.trim_end_matches('/'), timeout).await?;
-                let run = run_baseline(&ctx, name, pid, requests, target, bodies.clone());
-                Some(run.await)
-            }
-            None => None,
-        });
-    }
-    let mut baselines = baselines.into_iter();
-    let (baseline, floor) = (baselines.next().flatten(), baselines.next().flatten());
+    let baseline = run_baseline(
+        &ctx,
+        "bare handler (baseline)",
+        args.bare_url.as_deref(),
+        args.baseline_pid,
+        requests,
+        bodies.clone(),
+    )
+    .await?;
+    let floor = run_baseline(
+        &ctx,
+        "durable floor",
+        args.floor_url.as_deref(),
+        args.floor_pid,
+        requests,
+        bodies,
+    )
+    .await?;
 
     let report = Report {
         prefix: &prefix,
