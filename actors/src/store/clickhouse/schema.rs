@@ -45,13 +45,14 @@ impl ClickHouseStore {
     /// may take up to `BACKFILL_TIMEOUT`.
     async fn migrate_intent_owners(&self) -> Result<(), StoreError> {
         let owners = Self::intent_owners_table(&self.table);
+        // EXISTS looks at this one table. A query of `system.tables` lists
+        // every table, and on ClickHouse 18.16 fails ("Table ... doesn't
+        // exist") when another of them is dropped or renamed meanwhile, as
+        // other tests' and services' tables are: a start then failed.
         let exists = self
             .client
-            .query(
-                "SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = ?",
-            )
-            .bind(owners.as_str())
-            .fetch_one::<u64>();
+            .query(&format!("EXISTS TABLE `{owners}`"))
+            .fetch_one::<u8>();
         if self.bounded("migrate", exists).await? == 0 {
             let building = format!("{owners}_building");
             let steps = [
