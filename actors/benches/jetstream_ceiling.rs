@@ -11,6 +11,11 @@
 //! ceiling of the `jetstream` backend in messages per second whatever the
 //! service does, and in webhooks per second when each message carries one
 //! action (a load spread over many orgs). It prints one JSON line.
+//!
+//! `--streams N` spreads the same publishers over N streams on the server
+//! (publisher w on stream w mod N): what sharding the log would buy, since
+//! each stream writes and fsyncs on its own. The contract has one stream;
+//! this is a measurement, not an option of the service.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -24,6 +29,7 @@ struct Args {
     in_flight: usize,
     payload_bytes: usize,
     replicas: usize,
+    streams: usize,
 }
 
 fn parse_args() -> Args {
@@ -34,6 +40,7 @@ fn parse_args() -> Args {
         in_flight: 256,
         payload_bytes: 300,
         replicas: 1,
+        streams: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -50,12 +57,17 @@ fn parse_args() -> Args {
             "--in-flight" => args.in_flight = number(),
             "--payload-bytes" => args.payload_bytes = number(),
             "--replicas" => args.replicas = number(),
+            "--streams" => args.streams = number(),
             other => panic!("unknown flag {other}"),
         }
     }
     assert!(
         args.subjects >= args.in_flight,
         "--subjects must be at least --in-flight"
+    );
+    assert!(
+        (1..=args.in_flight).contains(&args.streams),
+        "--streams must be from 1 to --in-flight"
     );
     args
 }
@@ -70,19 +82,25 @@ async fn publish_all(args: Args) {
         .await
         .expect("connect to NATS");
     let js = jetstream::new(client);
-    let name = format!("CEILING_{}", std::process::id());
-    let prefix = format!("ceiling_{}", std::process::id());
-    js.create_stream(stream::Config {
-        name: name.clone(),
-        subjects: vec![format!("{prefix}.org.>")],
-        storage: stream::StorageType::File,
-        num_replicas: args.replicas,
-        allow_direct: true,
-        duplicate_window: Duration::from_secs(120),
-        ..Default::default()
-    })
-    .await
-    .expect("create the stream");
+    let streams: Vec<(String, String)> = (0..args.streams)
+        .map(|k| {
+            let id = format!("{}_{k}", std::process::id());
+            (format!("CEILING_{id}"), format!("ceiling_{id}"))
+        })
+        .collect();
+    for (name, prefix) in &streams {
+        js.create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{prefix}.org.>")],
+            storage: stream::StorageType::File,
+            num_replicas: args.replicas,
+            allow_direct: true,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .expect("create the stream");
+    }
 
     // Worker w owns subjects w, w + in_flight, ...: one publish outstanding
     // per subject, so each expected sequence is known without asking.
@@ -92,7 +110,8 @@ async fn publish_all(args: Args) {
     let started = Instant::now();
     let workers: Vec<_> = (0..args.in_flight)
         .map(|w| {
-            let (js, prefix, payload) = (js.clone(), prefix.clone(), payload.clone());
+            let prefix = streams[w % args.streams].1.clone();
+            let (js, payload) = (js.clone(), payload.clone());
             actix::spawn(async move {
                 let mut last: HashMap<usize, u64> = HashMap::new();
                 for j in 0..per_worker {
@@ -118,7 +137,9 @@ async fn publish_all(args: Args) {
     }
     let secs = started.elapsed().as_secs_f64();
     let messages = per_worker * args.in_flight;
-    js.delete_stream(&name).await.expect("delete the stream");
+    for (name, _) in &streams {
+        js.delete_stream(name).await.expect("delete the stream");
+    }
     println!(
         "{}",
         serde_json::json!({
@@ -127,6 +148,7 @@ async fn publish_all(args: Args) {
             "messagesPerSec": messages as f64 / secs,
             "inFlight": args.in_flight,
             "replicas": args.replicas,
+            "streams": args.streams,
         })
     );
 }
