@@ -1,10 +1,12 @@
 //! The embedded action store: one SQLite file in WAL mode.
 //!
 //! SQLite calls block, so none runs on an actor's thread. Inserts go to one
-//! thread of their own with one connection (see [`writer`]); reads (and the
-//! schema, made once at start) run on tokio's blocking pool, each blocking
-//! thread keeping its own connection per database file (a thread-local
-//! cache), so there is no shared connection and no lock of ours. A
+//! thread of their own with one connection (see [`writer`]), and another
+//! copies what they commit from the WAL into the file ([`checkpointer`]);
+//! reads (and the schema, made once at start) run on tokio's blocking pool,
+//! each blocking thread keeping its own connection per database file (a
+//! thread-local cache), so there is no shared connection and no lock of
+//! ours. A
 //! semaphore caps the reads running at once: without it, thousands of orgs
 //! loading together grow the blocking pool to hundreds of threads, each with
 //! a connection and its page cache (a gigabyte at 200,000 orgs).
@@ -21,6 +23,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use super::{PaymentIntentOwner, StoreError};
 use crate::model::{Action, ActionKind, ActionStatus};
 
+mod checkpointer;
 mod page_cache;
 
 const COLUMNS: &str = "id, org_id, seq, kind, status, sku, external_id, event_id, amount, currency, created_at_ms, simulated";
@@ -53,16 +56,15 @@ const WRITE_QUEUE: usize = 4;
 /// cache has not been measured again.
 const WRITER_CACHE_KIB: i64 = 16 * 1024;
 
-/// WAL pages before the writer checkpoints them into the file (SQLite's
-/// default is 1,000). Inserts land on pages spread over the indexes, and
-/// a longer WAL lets one checkpoint write a page that many commits changed:
-/// 15% fewer bytes written and a few percent more webhooks a second
-/// (alternated runs, 2026-12-03). About 40 MB of WAL between checkpoints
-/// (more while a long read holds an older snapshot). The checkpoint runs in
-/// the commit that crosses the mark, so that batch, and the ones queued
-/// behind it, wait for it: the benchmark's p99 includes these. They cost
-/// latency, not throughput: a run with no checkpoint at all had the same
-/// webhook rate and a p99 of 10.5 against 17 to 19 ms (2026-12-03).
+/// WAL pages before the writer checkpoints them itself (SQLite's default
+/// is 1,000). Most of them are copied sooner, beside the commits, by the
+/// [`checkpointer`] thread; the writer's checkpoint at this mark copies what
+/// is left, and is what lets its next transaction start the WAL over: about
+/// 40 MB of WAL between restarts (more while a long read holds an older
+/// snapshot). When the commits alone checkpointed, this longer WAL wrote 15%
+/// fewer bytes and gave a few percent more webhooks a second than the
+/// default (alternated runs, 2026-12-03), but the commit that crossed the
+/// mark held up every webhook behind it.
 const WRITER_AUTOCHECKPOINT_PAGES: i64 = 10_000;
 
 /// One batch for the writer thread, and where its outcome goes.
@@ -297,6 +299,8 @@ fn writer(path: &Path, mut queue: mpsc::Receiver<Write>) {
     // Woken for every batch: it waits for a free CPU rather than preempting
     // the threads that hand it work.
     crate::scheduling::hand_off_thread();
+    // Detached: it ends when `checkpoints` is dropped, with this thread.
+    let (checkpoints, _) = checkpointer::Checkpoints::start(path.to_path_buf());
     let mut conn: Option<Connection> = None;
     while let Some(Write { rows, done }) = queue.blocking_recv() {
         // Its caller gave up (the write timed out and was answered 503):
@@ -311,9 +315,11 @@ fn writer(path: &Path, mut queue: mpsc::Receiver<Write>) {
                 .map_err(StoreError::from)
                 .and_then(|c| insert_rows(conn.insert(c), &rows)),
         };
-        if matches!(result, Err(StoreError::Unavailable { .. })) {
+        match &result {
+            Ok(()) => checkpoints.committed(),
             // A broken connection must not be reused by the next batch.
-            conn = None;
+            Err(StoreError::Unavailable { .. }) => conn = None,
+            Err(_) => {}
         }
         let _ = done.send(result);
     }
@@ -553,6 +559,37 @@ mod tests {
             let expected: Vec<String> = (1..=25).map(|seq| format!("{org}_{seq}")).collect();
             assert_eq!(ids, expected, "{org}'s actions in seq order");
         }
+    }
+
+    /// A few commits, far below the writer's own checkpoint mark, still
+    /// reach the file itself: the checkpoint thread copies them there.
+    #[actix::test]
+    async fn commits_are_copied_into_the_file_beside_the_writer() {
+        let (dir, store) = migrated_store().await;
+        for seq in 1..=3 {
+            let id = format!("a{seq}");
+            store
+                .insert_batch(vec![Action::test_payment("acme", &id, seq)])
+                .await
+                .expect("written");
+        }
+        let path = dir.path().join("actions.db");
+        // Read through the WAL: the size of the database as of the last commit.
+        let bytes: u64 = open(&path)
+            .expect("a connection")
+            .query_row(
+                "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+                [],
+                |r| r.get(0),
+            )
+            .expect("the database's size");
+        let file_len = || std::fs::metadata(&path).expect("the file").len();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while file_len() < bytes && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(file_len(), bytes, "the commits are still only in the WAL");
+        assert_eq!(acme_ids(&store).await, ["a1", "a2", "a3"]);
     }
 
     #[actix::test]
