@@ -300,7 +300,7 @@ fn writer(path: &Path, mut queue: mpsc::Receiver<Write>) {
     // the threads that hand it work.
     crate::scheduling::hand_off_thread();
     // Detached: it ends when `checkpoints` is dropped, with this thread.
-    let (checkpoints, _) = checkpointer::Checkpoints::start(path.to_path_buf());
+    let (mut checkpoints, _) = checkpointer::Checkpoints::start(path.to_path_buf());
     let mut conn: Option<Connection> = None;
     while let Some(Write { rows, done }) = queue.blocking_recv() {
         // Its caller gave up (the write timed out and was answered 503):
