@@ -6,10 +6,9 @@
 //! reads (and the schema, made once at start) run on tokio's blocking pool,
 //! each blocking thread keeping its own connection per database file (a
 //! thread-local cache), so there is no shared connection and no lock of
-//! ours. A
-//! semaphore caps the reads running at once: without it, thousands of orgs
-//! loading together grow the blocking pool to hundreds of threads, each with
-//! a connection and its page cache (a gigabyte at 200,000 orgs).
+//! ours. A semaphore caps the reads running at once: without it, thousands
+//! of orgs loading together grow the blocking pool to hundreds of threads,
+//! each with a connection and its page cache (a gigabyte at 200,000 orgs).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
