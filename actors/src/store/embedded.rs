@@ -482,6 +482,17 @@ mod tests {
         (dir, store)
     }
 
+    /// Writes acme's payments `a{seq}`, one batch each.
+    async fn write_acme_payments(store: &EmbeddedStore, seqs: std::ops::RangeInclusive<u64>) {
+        for seq in seqs {
+            let id = format!("a{seq}");
+            store
+                .insert_batch(vec![Action::test_payment("acme", &id, seq)])
+                .await
+                .expect("written");
+        }
+    }
+
     /// acme's action ids in seq order, read on a reader's connection.
     async fn acme_ids(store: &EmbeddedStore) -> Vec<String> {
         let mut orgs = store
@@ -504,13 +515,8 @@ mod tests {
         assert_eq!(refused.kind(), StoreErrorKind::Unavailable, "{refused}");
 
         store.migrate().await.expect("the directory and table made");
-        for seq in 1..=2 {
-            let id = format!("a{seq}");
-            store
-                .insert_batch(vec![Action::test_payment("acme", &id, seq)])
-                .await
-                .expect("written once the file can be opened");
-        }
+        // Written once the file can be opened.
+        write_acme_payments(&store, 1..=2).await;
         assert_eq!(acme_ids(&store).await, ["a1", "a2"]);
     }
 
@@ -565,13 +571,7 @@ mod tests {
     #[actix::test]
     async fn commits_are_copied_into_the_file_beside_the_writer() {
         let (dir, store) = migrated_store().await;
-        for seq in 1..=3 {
-            let id = format!("a{seq}");
-            store
-                .insert_batch(vec![Action::test_payment("acme", &id, seq)])
-                .await
-                .expect("written");
-        }
+        write_acme_payments(&store, 1..=3).await;
         let path = dir.path().join("actions.db");
         // Read through the WAL: the size of the database as of the last commit.
         let bytes: u64 = open(&path)
