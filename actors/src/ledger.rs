@@ -211,28 +211,86 @@ impl Standing {
 
     /// The stream event of `action`, the one this standing is as of.
     pub fn event_for(&self, action: &Action) -> OrgEvent {
-        if action.status == ActionStatus::Failed {
-            return OrgEvent::payment_failed(
+        self.event_of(&EventFacts::borrowed(action))
+    }
+
+    /// The stream event of the action `facts` were taken from, the one this
+    /// standing is as of.
+    pub fn event_of<S: AsRef<str>>(&self, facts: &EventFacts<S>) -> OrgEvent {
+        match &facts.failed_intent {
+            Some(payment_intent_id) => OrgEvent::payment_failed(
                 &self.org_id,
-                action.seq,
-                &action.sku,
-                &action.external_id,
-                &action.id,
-            );
+                facts.seq,
+                facts.sku.as_ref(),
+                payment_intent_id.as_ref(),
+                facts.action_id.as_ref(),
+            ),
+            None => OrgEvent::changed(
+                &self.org_id,
+                &self.entitlements(),
+                facts.seq,
+                facts.sku.as_ref(),
+                facts.cause,
+                facts.action_id.as_ref(),
+            ),
         }
-        let cause = if action.simulated {
-            "simulated"
-        } else {
-            action.kind.as_str()
-        };
-        OrgEvent::changed(
-            &self.org_id,
-            &self.entitlements(),
-            action.seq,
-            &action.sku,
+    }
+}
+
+/// What an action's stream event shows of it. An org actor keeps its recent
+/// changes as these, owned (`Box<str>`), and builds their events only if a
+/// browser ever asks: the whole action (org, event id, amount, currency,
+/// time) was most of what recent changes held, about 1.1 GB of 2.3 GB with
+/// 20,000 busy orgs (2026-12-07).
+#[derive(Debug)]
+pub struct EventFacts<S = Box<str>> {
+    seq: u64,
+    action_id: S,
+    sku: S,
+    /// A failed payment's event names its PaymentIntent; no other does.
+    failed_intent: Option<S>,
+    cause: &'static str,
+}
+
+impl<S> EventFacts<S> {
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+impl<'a> EventFacts<&'a str> {
+    fn borrowed(action: &'a Action) -> Self {
+        let failed = action.status == ActionStatus::Failed;
+        EventFacts {
+            seq: action.seq,
+            action_id: &action.id,
+            sku: &action.sku,
+            failed_intent: failed.then_some(action.external_id.as_str()),
+            cause: cause_of(action),
+        }
+    }
+}
+
+impl From<Action> for EventFacts {
+    fn from(action: Action) -> Self {
+        let failed = action.status == ActionStatus::Failed;
+        let cause = cause_of(&action);
+        EventFacts {
+            seq: action.seq,
+            action_id: action.id.into_boxed_str(),
+            sku: action.sku.into_boxed_str(),
+            failed_intent: failed.then(|| action.external_id.into_boxed_str()),
             cause,
-            &action.id,
-        )
+        }
+    }
+}
+
+/// The `cause` a change's event names.
+fn cause_of(action: &Action) -> &'static str {
+    if action.simulated {
+        "simulated"
+    } else {
+        action.kind.as_str()
     }
 }
 

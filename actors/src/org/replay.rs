@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use actix::Recipient;
 
-use crate::ledger::{Ledger, Standing};
+use crate::ledger::{EventFacts, Ledger, Standing};
 use crate::model::Action;
 use crate::org_event::{OrgEvent, Snapshot};
 use crate::store_reader::{self, LoadOrg};
@@ -27,25 +27,27 @@ pub struct RecentEvents {
 /// the first time one is needed, not on every change.
 // Unboxed: most entries stay `Unbuilt`, and a box would cost every change
 // an allocation to save memory on the orgs browsers watch.
-#[allow(clippy::large_enum_variant)]
 enum Recent {
     Built(Arc<OrgEvent>),
-    Unbuilt { action: Action, standing: Standing },
+    Unbuilt {
+        facts: EventFacts,
+        standing: Standing,
+    },
 }
 
 impl Recent {
     fn seq(&self) -> u64 {
         match self {
             Recent::Built(event) => event.seq,
-            Recent::Unbuilt { action, .. } => action.seq,
+            Recent::Unbuilt { facts, .. } => facts.seq(),
         }
     }
 
     fn event(&mut self) -> Arc<OrgEvent> {
         match self {
             Recent::Built(event) => event.clone(),
-            Recent::Unbuilt { action, standing } => {
-                let event = Arc::new(standing.event_for(action));
+            Recent::Unbuilt { facts, standing } => {
+                let event = Arc::new(standing.event_of(facts));
                 *self = Recent::Built(event.clone());
                 event
             }
@@ -80,7 +82,10 @@ impl RecentEvents {
     /// Keeps a change, its event to be built if a browser ever needs it;
     /// `standing` is the org as of `action`.
     pub fn remember_unbuilt(&mut self, action: Action, standing: Standing) {
-        self.push(Recent::Unbuilt { action, standing });
+        self.push(Recent::Unbuilt {
+            facts: action.into(),
+            standing,
+        });
     }
 
     fn push(&mut self, recent: Recent) {
