@@ -28,7 +28,7 @@ use rusqlite::Connection;
 /// and 84 such commits without this thread and 47 with a checkpoint only
 /// every 200 ms (2026-12-07). At the benchmark's shape the thread took 0.6
 /// to 0.8 µs of CPU a webhook at full speed.
-pub(super) const SPACING: Duration = Duration::from_millis(30);
+const SPACING: Duration = Duration::from_millis(30);
 
 /// The writer's side: tells the thread that a commit added frames.
 pub(super) struct Checkpoints {
@@ -46,7 +46,7 @@ impl Checkpoints {
         let (commits, pending) = mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("sqlite-checkpt".into())
-            .spawn(move || run(&path, pending, SPACING))
+            .spawn(move || run(&path, pending))
             .expect("spawn the SQLite checkpoint thread");
         let checkpoints = Self {
             commits,
@@ -70,7 +70,7 @@ impl Checkpoints {
     }
 }
 
-fn run(path: &Path, commits: Receiver<()>, spacing: Duration) {
+fn run(path: &Path, commits: Receiver<()>) {
     // Background work: it waits for a free CPU rather than preempting the
     // threads a webhook waits on.
     crate::scheduling::hand_off_thread();
@@ -84,7 +84,7 @@ fn run(path: &Path, commits: Receiver<()>, spacing: Duration) {
             tracing::warn!(error = %e, "WAL checkpoint failed; the next commit tries again");
             conn = None;
         }
-        std::thread::sleep(spacing);
+        std::thread::sleep(SPACING);
     }
 }
 
